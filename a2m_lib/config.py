@@ -1,0 +1,183 @@
+"""The one typed configuration of a run: dataclasses loaded from YAML, with dotted overrides.
+
+    cfg = load_config("configs/demo.yaml", ["train.lr=1e-4", "data.raw=/videos"])
+
+Unknown keys and values of the wrong type raise ConfigError naming the key and the fix;
+nothing is silently ignored.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration key or value that cannot be used."""
+
+
+@dataclass
+class DataConfig:
+    raw: str = "data/raw/demo"  # folder of videos, optionally <speaker>/<file>
+    processed: str = "data/processed/demo"  # the clip store written by extraction
+    fps: float = 30.0  # video frames per second of the mesh sequences
+    sample_rate: int = 16000  # audio Hz fed to the encoder
+    val_fraction: float = 0.1
+    test_fraction: float = 0.15
+
+
+@dataclass
+class ExtractConfig:
+    refine_landmarks: bool = True  # 478 points (iris included); the first 468 are AniPortrait's
+    min_detection_confidence: float = 0.5
+    min_tracking_confidence: float = 0.5
+    max_side_px: int = 1280  # frames larger than this are downscaled before FaceMesh
+
+
+@dataclass
+class QAConfig:
+    frame_tolerance: int = 1  # allowed |mesh frames - ceil(audio_seconds * fps)|
+    max_offset_frames: int = 3  # allowed |audio/video offset| (AniPortrait: 3)
+    min_frames: int = 10
+    max_face_missing_frac: float = 0.05
+
+
+@dataclass
+class NeutralConfig:
+    neutral: str = "auto"  # auto | "<clip_id>:<frame>" | path/to/neutral.npz
+    top_k: int = 12  # candidates shown in the ranked table
+
+
+@dataclass
+class ModelConfig:
+    encoder: str = "facebook/wav2vec2-base-960h"  # hub id, local dir, or "scratch" (tiny, random init)
+    freeze_feature_encoder: bool = True  # AniPortrait freezes the Wav2Vec2 CNN
+    only_last_features: bool = False  # False: average all transformer layers, as AniPortrait
+    latent_dim: int = 512
+    n_vertices: int = 468
+    # Sizes of the "scratch" encoder only (used offline, where no pretrained weights exist).
+    scratch_hidden: int = 128
+    scratch_layers: int = 2
+    scratch_conv_channels: int = 64
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 100
+    batch_size: int = 8
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    whole_clip_fraction: float = 0.5  # share of samples that are whole clips; the rest are sub-clips
+    min_subclip_frames: int = 10
+    loss: str = "l1"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    num_threads: int = 0  # torch CPU threads; 0 keeps torch's default
+    log_every: int = 1  # epochs between validation passes
+
+
+@dataclass
+class Config:
+    name: str = "run"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
+    qa: QAConfig = field(default_factory=QAConfig)
+    neutral: NeutralConfig = field(default_factory=NeutralConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Check one leaf value against its annotation; ints are accepted where floats are expected."""
+    kind = {"str": str, "int": int, "float": float, "bool": bool}.get(annotation, annotation)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(
+            f"config key '{key}' expects {kind.__name__}, got {value!r} ({type(value).__name__}); "
+            f"fix the value in the YAML file or the -p {key}=... override"
+        )
+    return value
+
+
+def _build(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; known keys: {', '.join(names)}"
+            raise ConfigError(f"unknown config key '{dotted}'{hint}")
+        hint_type = hints[key]
+        if dataclasses.is_dataclass(hint_type):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"config key '{dotted}' is a section; give it a mapping, not {value!r}")
+            kwargs[key] = _build(hint_type, value, dotted + ".")
+        else:
+            kwargs[key] = _coerce(value, hint_type.__name__ if isinstance(hint_type, type) else hint_type, dotted)
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override '{dotted}': '{part}' is a value, not a section")
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: Iterable[str] | Mapping[str, Any] | None) -> dict[str, Any]:
+    """`["train.lr=1e-4"]` or `{"train.lr": 1e-4}` -> {"train.lr": 0.0001}. Values are parsed as YAML."""
+    if not overrides:
+        return {}
+    if isinstance(overrides, Mapping):
+        return dict(overrides)
+    parsed = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key=value, e.g. train.lr=1e-4")
+        key, text = item.split("=", 1)
+        value = yaml.safe_load(text) if text else ""
+        # YAML reads 1e-4 as a string (it wants 1.0e-4); numbers written either way are accepted.
+        if isinstance(value, str):
+            try:
+                value = float(value) if any(c in value for c in ".eE") else value
+            except ValueError:
+                pass
+        parsed[key.strip()] = value
+    return parsed
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] | Mapping[str, Any] | None = None) -> Config:
+    """Defaults <- YAML file <- overrides, checked key by key."""
+    tree: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist; pass one of configs/*.yaml")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        tree = loaded
+    for key, value in parse_overrides(overrides).items():
+        _set_dotted(tree, key, value)
+    return _build(Config, tree, "")
+
+
+def config_from_dict(tree: Mapping[str, Any]) -> Config:
+    """Rebuild a Config saved with `Config.to_dict()` (run.json, checkpoints)."""
+    return _build(Config, tree, "")

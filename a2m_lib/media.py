@@ -1,0 +1,85 @@
+"""Audio and video I/O through the ffmpeg binary that imageio-ffmpeg ships (no system ffmpeg needed)."""
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Iterator
+
+import imageio_ffmpeg
+import numpy as np
+import soundfile
+
+
+class MediaError(RuntimeError):
+    """A media file that cannot be read; the message names the file and the reason."""
+
+
+def ffmpeg_exe() -> str:
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def probe_streams(path: str | Path) -> dict:
+    """Which streams a file has, parsed from `ffmpeg -i` (imageio-ffmpeg ships no ffprobe)."""
+    proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-i", str(path)], capture_output=True, text=True)
+    text = proc.stderr
+    if "Invalid data found" in text or "could not find codec parameters" in text.lower() or "moov atom not found" in text:
+        raise MediaError(f"{path}: not a readable media file (ffmpeg: {text.strip().splitlines()[-1]})")
+    if "No such file" in text:
+        raise MediaError(f"{path}: file not found")
+    return {
+        "has_video": " Video: " in text,
+        "has_audio": " Audio: " in text,
+        "ffmpeg_log": text,
+    }
+
+
+def read_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
+    """Decode the first audio stream to mono float32 at `sample_rate` Hz."""
+    cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-i", str(path), "-vn",
+           "-ac", "1", "-ar", str(sample_rate), "-f", "f32le", "pipe:1"]
+    proc = subprocess.run(cmd, capture_output=True)
+    if proc.returncode != 0:
+        raise MediaError(f"{path}: cannot decode audio ({proc.stderr.decode(errors='replace').strip()[-300:]})")
+    return np.frombuffer(proc.stdout, dtype=np.float32).copy()
+
+
+def iter_frames(path: str | Path, fps: float) -> Iterator[np.ndarray]:
+    """Stream RGB frames resampled to `fps` by timestamp (ffmpeg's fps filter), one at a time."""
+    reader = imageio_ffmpeg.read_frames(str(path), output_params=["-vf", f"fps={fps}"])
+    meta = next(reader)
+    width, height = meta["size"]
+    for raw in reader:
+        yield np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3)
+
+
+def write_video(path: str | Path, frames: np.ndarray, fps: float, audio: np.ndarray | None, sample_rate: int) -> None:
+    """Write an H.264 + AAC mp4 atomically (temporary name, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(path.stem + ".part" + path.suffix)
+    wav = path.with_name(path.stem + ".part.wav")
+    height, width = frames.shape[1:3]
+    try:
+        if audio is not None:
+            soundfile.write(wav, audio, sample_rate, subtype="PCM_16")
+        writer = imageio_ffmpeg.write_frames(
+            str(tmp), (width, height), fps=fps, codec="libx264", pix_fmt_out="yuv420p", quality=None,
+            output_params=["-crf", "18", "-preset", "veryfast"],
+            audio_path=str(wav) if audio is not None else None, audio_codec="aac" if audio is not None else None,
+            macro_block_size=1, ffmpeg_log_level="error",
+        )
+        writer.send(None)
+        for frame in frames:
+            writer.send(np.ascontiguousarray(frame))
+        writer.close()
+        tmp.replace(path)
+    finally:
+        wav.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
+
+
+def write_json_atomic(path: str | Path, obj) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    tmp.replace(path)
