@@ -204,10 +204,17 @@ def load_face(face: str | Path | None = None, mirror: bool = False) -> FaceRig:
         gap = landmarks[mesh.LOWER_INNER_LIP, 1] - landmarks[mesh.UPPER_INNER_LIP, 1]
         fields = _basis_fields(landmarks, FACE_SIZE, FACE_SIZE)
         jaw_per_unit = fields[0, int(landmarks[mesh.LOWER_INNER_LIP, 1]), int(landmarks[mesh.LOWER_INNER_LIP, 0]), 1]
-        image = _warp(image, -fields[0] * (0.9 * gap / jaw_per_unit))
-        tracker_closed = mesh.FaceTracker(static=True)
-        landmarks = tracker_closed(image)
-        tracker_closed.close()
+        image = np.ascontiguousarray(_warp(image, -fields[0] * (0.9 * gap / jaw_per_unit)))
+        # Cover what is left of the teeth with lip colour and draw the closed mouth's line, so that rest
+        # is the most closed mouth the face shows (the astronaut smiles with her teeth showing).
+        with mesh.FaceTracker(static=True) as tracker_closed:
+            closed = tracker_closed(image)
+        lip_colour = np.median(image[closed[mesh.LIP_VERTICES, 1].astype(int), closed[mesh.LIP_VERTICES, 0].astype(int)], axis=0)
+        inner = np.round(closed[INNER_LIP_CONTOUR, :2] * 4).astype(np.int32)
+        cv2.fillPoly(image, [inner], tuple(int(c) for c in lip_colour), lineType=cv2.LINE_AA, shift=2)
+        cv2.polylines(image, [inner[:11]], False, tuple(int(c * 0.45) for c in lip_colour), 1, cv2.LINE_AA, shift=2)
+        with mesh.FaceTracker(static=True) as tracker_closed:
+            landmarks = tracker_closed(image)
     return FaceRig(image=image, landmarks=landmarks, fields=_basis_fields(landmarks, FACE_SIZE, FACE_SIZE))
 
 
@@ -219,7 +226,7 @@ def render_frame(rig: FaceRig, articulation: np.ndarray, head: np.ndarray) -> np
     ix, iy = np.clip(contour.astype(int), 0, FACE_SIZE - 1).T
     moved = contour + displacement[iy, ix]
     upper, lower = INNER_LIP_CONTOUR.index(mesh.UPPER_INNER_LIP), INNER_LIP_CONTOUR.index(mesh.LOWER_INNER_LIP)
-    if (moved - contour)[lower, 1] - (moved - contour)[upper, 1] > 1.0:  # an open mouth shows a dark interior
+    if (moved - contour)[lower, 1] - (moved - contour)[upper, 1] > 0.5:  # an open mouth shows a dark interior
         cv2.fillPoly(frame, [np.round(moved * 4).astype(np.int32)], (70, 25, 30), lineType=cv2.LINE_AA, shift=2)
     roll, dx, dy, log_scale = head
     affine = cv2.getRotationMatrix2D((FACE_SIZE / 2, FACE_SIZE / 2), roll, math.exp(log_scale))

@@ -1,0 +1,158 @@
+"""The `a2m` command line: run, demo, synth, extract, qa."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .config import ConfigError, load_config
+
+
+def _stage_of(text: str) -> str:
+    return text.zfill(2)
+
+
+def _range(text: str) -> tuple[float, float]:
+    low, _, high = text.partition("-")
+    return float(low), float(high or low)
+
+
+def _shard(text: str) -> tuple[int, int]:
+    index, _, count = text.partition("/")
+    index, count = int(index), int(count or 1)
+    if not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"--shard {text}: want i/n with 0 <= i < n, e.g. 0/4")
+    return index, count
+
+
+def cmd_run(args) -> int:
+    from . import runner
+
+    record = runner.run(args.config, args.run_dir, args.param, stage_from=args.stage_from, only=args.only)
+    _print_record(record)
+    return 0
+
+
+def _print_record(record: dict) -> None:
+    for name, entry in record["notebooks"].items():
+        print(f"  {name:28s} {entry['status']:8s} {entry['seconds'] or 0:8.1f} s")
+
+
+def cmd_demo(args) -> int:
+    from . import runner, synth
+
+    started = time.time()
+    cfg = load_config(runner.REPO_ROOT / "configs" / "demo.yaml", args.param)
+    print(f"[a2m] synthesising {args.speakers} speakers x {args.clips} clips into {cfg.data.raw}", flush=True)
+    synth.synth_dataset(cfg.data.raw, speakers=args.speakers, clips=args.clips, seconds=(3.0, 6.0), seed=cfg.seed)
+    record = runner.run(runner.REPO_ROOT / "configs" / "demo.yaml", args.run_dir, args.param)
+    _print_record(record)
+    metrics_path = Path(args.run_dir) / "metrics.json"
+    metrics = json.loads(metrics_path.read_text())
+    model_lve, neutral_lve = metrics["model"]["lve"], metrics["baselines"]["neutral"]["lve"]
+    print(f"[a2m] demo done in {time.time() - started:.0f} s. Held-out lip vertex error: model {model_lve:.3f}, "
+          f"neutral baseline {neutral_lve:.3f} (ratio {model_lve / neutral_lve:.2f}). See {metrics_path} and "
+          f"{Path(args.run_dir) / 'notebooks' / '05_evaluate.ipynb'}")
+    return 0
+
+
+def cmd_synth(args) -> int:
+    from . import synth
+
+    faults = synth.Faults(args.audio_offset_frames, args.dropped_frames, args.no_face_frames)
+    paths = synth.synth_dataset(args.out_dir, args.speakers, args.clips, args.seconds, args.seed, args.face,
+                                fps=args.fps, faults=faults)
+    print(f"wrote {len(paths)} clips under {args.out_dir}")
+    return 0
+
+
+def cmd_extract(args) -> int:
+    from . import extract
+
+    overrides = list(args.param) + [f"data.fps={args.fps}"] if args.fps else list(args.param)
+    cfg = load_config(args.config, overrides)
+    manifest = extract.extract_store(args.raw_dir, args.out, cfg.data, cfg.extract, workers=args.workers, shard=args.shard)
+    failed = manifest[manifest.status == "failed"]
+    for row in failed.itertuples():
+        print(f"FAILED {row.source}: {row.reason}", file=sys.stderr)
+    return 0
+
+
+def cmd_qa(args) -> int:
+    from . import qa
+
+    cfg = load_config(args.config, args.param)
+    report = qa.check_store(args.processed, cfg.qa, cfg.data.sample_rate)
+    print(report.table.to_string(index=False))
+    print(f"{len(report.accepted)} of {len(report.table)} clips pass; table in {Path(args.processed) / 'qa.csv'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="a2m", description="Audio2Mesh research workbench")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def with_params(sub):
+        sub.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a config value, e.g. -p train.lr=1e-4 (repeatable)")
+        return sub
+
+    run = with_params(commands.add_parser("run", help="run notebooks 01-05 with papermill"))
+    run.add_argument("--config", required=True, help="YAML config, e.g. configs/demo.yaml")
+    run.add_argument("--run-dir", default=None, help="run directory (default runs/<config name>)")
+    stages = run.add_mutually_exclusive_group()
+    stages.add_argument("--from", dest="stage_from", type=_stage_of, help="re-run from this stage on, e.g. 04")
+    stages.add_argument("--only", type=_stage_of, help="re-run only this stage, e.g. 05")
+    run.set_defaults(func=cmd_run)
+
+    demo = with_params(commands.add_parser("demo", help="synthesise sample data and run configs/demo.yaml"))
+    demo.add_argument("--run-dir", default="runs/demo")
+    demo.add_argument("--speakers", type=int, default=2)
+    demo.add_argument("--clips", type=int, default=30, help="clips per speaker")
+    demo.set_defaults(func=cmd_demo)
+
+    synth = commands.add_parser("synth", help="write a synthetic talking-head dataset")
+    synth.add_argument("out_dir")
+    synth.add_argument("--speakers", type=int, default=1)
+    synth.add_argument("--clips", type=int, default=10, help="clips per speaker")
+    synth.add_argument("--seconds", type=_range, default=(3.0, 6.0), help="clip length range, e.g. 3-6")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--face", default=None, help="face photo (default: skimage's astronaut)")
+    synth.add_argument("--fps", type=float, default=30.0)
+    synth.add_argument("--audio-offset-frames", type=int, default=0, help="fault: audio k frames late (negative: early)")
+    synth.add_argument("--dropped-frames", type=int, default=0, help="fault: drop n video frames")
+    synth.add_argument("--no-face-frames", type=int, default=0, help="fault: n consecutive frames without a face")
+    synth.set_defaults(func=cmd_synth)
+
+    extract = with_params(commands.add_parser("extract", help="videos -> clip store (landmarks, pose-free meshes, audio)"))
+    extract.add_argument("raw_dir")
+    extract.add_argument("--out", required=True, help="clip store folder, e.g. data/processed/NAME")
+    extract.add_argument("--config", default=None)
+    extract.add_argument("--fps", type=float, default=None)
+    extract.add_argument("--workers", type=int, default=1)
+    extract.add_argument("--shard", type=_shard, default=(0, 1), help="i/n: process every n-th source from the i-th")
+    extract.set_defaults(func=cmd_extract)
+
+    qa = with_params(commands.add_parser("qa", help="alignment QA of a clip store -> qa.csv"))
+    qa.add_argument("processed")
+    qa.add_argument("--config", default=None)
+    qa.set_defaults(func=cmd_qa)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, FileNotFoundError, ValueError) as error:
+        print(f"a2m: error: {error}", file=sys.stderr)
+        return 2
+    except RuntimeError as error:  # RunError and friends: the message already says what and where
+        print(f"a2m: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

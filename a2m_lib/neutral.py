@@ -1,0 +1,189 @@
+"""Stage 03: one neutral-expression mesh per speaker; training targets are `mesh - neutral`.
+
+    ranking = neutral.rank_candidates(processed, accepted)        # scored frames, best first
+    chosen = neutral.resolve(processed, accepted, "auto", out_dir)  # writes out_dir/<speaker>.npz
+
+`neutral` (config key neutral.neutral, papermill parameter `neutral`) is one of
+    auto                          the best-ranked frame per speaker
+    "<clip_id>:<frame>"           that frame, for the clip's speaker
+    path/to/neutral.npz           a saved neutral (any speaker's file; its speaker key says whose)
+    mean-closed                   the mean of the speaker's closed-mouth, low-energy frames (reference option)
+
+Each neutral file holds: mesh (478, 3), speaker, clip_id, frame, chosen_by (auto | manual | file | mean-closed), score.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.spatial.transform import Rotation
+
+from . import extract, mesh
+
+SCORE_WEIGHTS = {"mouth": 1.0, "energy": 1.0, "eyes": 0.5, "pose": 0.5, "motion": 0.5}
+
+
+def frame_features(clips: dict[str, dict]) -> pd.DataFrame:
+    """Per-frame neutrality features of one speaker's clips (NaN frames dropped)."""
+    rows = []
+    all_meshes = np.concatenate([clip["mesh"] for clip in clips.values()])
+    # Expression energy is measured from the median *resting* shape: the median over the quarter of
+    # frames with the most closed mouth. The median over all frames would be half-way into speech.
+    openings = mesh.mouth_opening(all_meshes)
+    resting = all_meshes[openings <= np.nanquantile(openings, 0.25)]
+    median_shape = np.nanmedian(resting, axis=0)
+    for clip_id, clip in clips.items():
+        meshes = clip["mesh"]
+        found = clip["face_found"] & np.isfinite(meshes).all(axis=(1, 2))
+        velocity = np.zeros(len(meshes))
+        velocity[1:-1] = np.linalg.norm(meshes[2:] - meshes[:-2], axis=-1).mean(-1) / 2
+        velocity[[0, -1]] = np.nan  # no two-sided neighbourhood: never choose clip ends
+        yaw_pitch_roll = np.full((len(meshes), 3), np.nan)
+        if found.any():
+            yaw_pitch_roll[found] = Rotation.from_matrix(clip["pose_rotation"][found]).as_euler("yxz", degrees=True)
+        rows.append(pd.DataFrame({
+            "clip_id": clip_id,
+            "frame": np.arange(len(meshes)),
+            "mouth_opening": mesh.mouth_opening(meshes),
+            "expression_energy": np.linalg.norm(meshes[:, :mesh.N_LANDMARKS] - median_shape[:mesh.N_LANDMARKS], axis=-1).mean(-1),
+            "eye_opening": mesh.eye_opening(meshes),
+            # rotation image -> canonical; its angle is the head's deviation from the reference pose
+            "head_angle_deg": np.linalg.norm(yaw_pitch_roll, axis=-1),
+            "motion": velocity,
+        })[found])
+    return pd.concat(rows, ignore_index=True).dropna()
+
+
+def score_frames(features: pd.DataFrame) -> pd.DataFrame:
+    """Lower score = more neutral: a weighted sum of each feature's percentile rank within the speaker.
+
+    Ranks, not z-scores: a feature that barely varies (eyes that never blink) must not turn its
+    noise into large scores.
+    """
+    scored = features.copy()
+    rank = {name: features[name].rank(pct=True) for name in
+            ("mouth_opening", "expression_energy", "eye_opening", "head_angle_deg", "motion")}
+    scored["score"] = (SCORE_WEIGHTS["mouth"] * rank["mouth_opening"]
+                       + SCORE_WEIGHTS["energy"] * rank["expression_energy"]
+                       + SCORE_WEIGHTS["eyes"] * (1 - rank["eye_opening"])
+                       + SCORE_WEIGHTS["pose"] * rank["head_angle_deg"]
+                       + SCORE_WEIGHTS["motion"] * rank["motion"])
+    return scored.sort_values("score").reset_index(drop=True)
+
+
+def load_speaker_clips(processed: str | Path, accepted: pd.DataFrame) -> dict[str, dict[str, dict]]:
+    """{speaker: {clip_id: clip}} for the accepted clips."""
+    by_speaker: dict[str, dict[str, dict]] = {}
+    for row in accepted.itertuples():
+        by_speaker.setdefault(row.speaker, {})[row.clip_id] = extract.load_clip(processed, row.clip_id)
+    return by_speaker
+
+
+def rank_candidates(processed: str | Path, accepted: pd.DataFrame, top_k: int | None = None,
+                    clips: dict | None = None) -> pd.DataFrame:
+    """Scored frames of every speaker, best first within each speaker; `top_k` per speaker if given."""
+    clips = clips or load_speaker_clips(processed, accepted)
+    tables = []
+    for speaker, speaker_clips in clips.items():
+        ranked = score_frames(frame_features(speaker_clips))
+        ranked.insert(0, "speaker", speaker)
+        tables.append(ranked.head(top_k) if top_k else ranked)
+    return pd.concat(tables, ignore_index=True)
+
+
+def save_neutral(path: str | Path, neutral_mesh: np.ndarray, speaker: str, clip_id: str, frame: int,
+                 chosen_by: str, score: float = float("nan")) -> Path:
+    """Write one speaker's neutral atomically; it carries where it came from and who chose it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".part.npz")
+    np.savez(tmp, mesh=neutral_mesh.astype(np.float32), speaker=speaker, clip_id=clip_id, frame=int(frame),
+             chosen_by=chosen_by, score=float(score))
+    tmp.replace(path)
+    return path
+
+
+def load_neutral(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"neutral file {path} does not exist; run neutral selection (notebook 03) first")
+    with np.load(path) as data:
+        return {key: (data[key].item() if data[key].ndim == 0 else data[key]) for key in data.files}
+
+
+def load_neutrals(neutral_dir: str | Path) -> dict[str, np.ndarray]:
+    """{speaker: (478, 3) neutral mesh} from a run's neutral/ folder."""
+    neutral_dir = Path(neutral_dir)
+    found = {p.stem: load_neutral(p)["mesh"] for p in sorted(neutral_dir.glob("*.npz")) if ".part" not in p.suffixes}
+    if not found:
+        raise FileNotFoundError(f"no neutral files in {neutral_dir}; run neutral selection (notebook 03) first")
+    return found
+
+
+def resolve(processed: str | Path, accepted: pd.DataFrame, choice: str, out_dir: str | Path,
+            clips: dict | None = None) -> pd.DataFrame:
+    """Decide every speaker's neutral from `choice` (see module doc) and write out_dir/<speaker>.npz.
+
+    Speakers that `choice` does not name fall back to auto. Returns one row per speaker saying what was used.
+    """
+    out_dir = Path(out_dir)
+    clips = clips or load_speaker_clips(processed, accepted)
+    fixed: dict[str, tuple] = {}
+    choice = str(choice).strip()
+    if choice.endswith(".npz"):
+        saved = load_neutral(choice)
+        fixed[str(saved["speaker"])] = (saved["mesh"], str(saved["clip_id"]), int(saved["frame"]), "file", float("nan"))
+    elif ":" in choice:
+        clip_id, frame_text = choice.rsplit(":", 1)
+        owner = [speaker for speaker, speaker_clips in clips.items() if clip_id in speaker_clips]
+        if not owner:
+            raise ValueError(f"neutral '{choice}': clip '{clip_id}' is not among the accepted clips; "
+                             "pick a clip_id from qa.csv with status pass")
+        frame_mesh = clips[owner[0]][clip_id]["mesh"][int(frame_text)]
+        if not np.isfinite(frame_mesh).all():
+            raise ValueError(f"neutral '{choice}': frame {frame_text} of {clip_id} has no face; pick another frame")
+        fixed[owner[0]] = (frame_mesh, clip_id, int(frame_text), "manual", float("nan"))
+    elif choice not in ("auto", "mean-closed"):
+        raise ValueError(f"neutral '{choice}' not understood; use auto, mean-closed, '<clip_id>:<frame>' or a .npz path")
+
+    rows = []
+    for speaker, speaker_clips in clips.items():
+        if speaker in fixed:
+            neutral_mesh, clip_id, frame, chosen_by, score = fixed[speaker]
+        else:
+            ranked = score_frames(frame_features(speaker_clips))
+            if choice == "mean-closed":
+                best = ranked.head(max(1, len(ranked) // 20))  # the best-scored 5% of frames
+                neutral_mesh = np.mean([speaker_clips[r.clip_id]["mesh"][r.frame] for r in best.itertuples()], axis=0)
+                clip_id, frame, chosen_by, score = "", -1, "mean-closed", float(best.score.mean())
+            else:
+                top = ranked.iloc[0]
+                clip_id, frame, chosen_by, score = top.clip_id, int(top.frame), "auto", float(top.score)
+                neutral_mesh = speaker_clips[clip_id]["mesh"][frame]
+        path = save_neutral(out_dir / f"{speaker}.npz", neutral_mesh, speaker, clip_id, frame, chosen_by, score)
+        rows.append(dict(speaker=speaker, clip_id=clip_id, frame=frame, chosen_by=chosen_by, score=score, path=str(path)))
+    table = pd.DataFrame(rows)
+    (out_dir / "choice.json").write_text(json.dumps({"neutral": choice, "speakers": rows}, indent=2))
+    return table
+
+
+def plot_neutrals(neutral_dir: str | Path):
+    """Each speaker's neutral mesh from the front and the side, titled with where it came from."""
+    import matplotlib.pyplot as plt
+
+    paths = sorted(p for p in Path(neutral_dir).glob("*.npz") if ".part" not in p.suffixes)
+    fig, axes = plt.subplots(len(paths), 2, figsize=(6, 3.2 * len(paths)), squeeze=False)
+    for row, path in zip(axes, paths):
+        saved = load_neutral(path)
+        shape = saved["mesh"]
+        row[0].scatter(shape[:, 0], shape[:, 1], s=0.5)
+        row[0].scatter(*shape[mesh.LIP_VERTICES][:, :2].T, s=3, color="tab:red")
+        row[1].scatter(shape[:, 2], shape[:, 1], s=0.5)
+        row[0].set_title(f"{saved['speaker']}: {saved['clip_id']}:{saved['frame']} ({saved['chosen_by']})", fontsize=9)
+        for axis in row:
+            axis.set_aspect("equal")
+            axis.invert_yaxis()
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,130 @@
+"""Run the five notebooks in order with papermill and keep a record of the run.
+
+    a2m run --config configs/demo.yaml --run-dir runs/demo -p train.lr=1e-4 [--from 04 | --only 05]
+
+Each executed notebook is written to runs/<id>/notebooks/. runs/<id>/run.json is rewritten after every
+notebook, so a crash leaves an accurate record: the resolved config, seed, git commit, package
+versions, start/end times, each notebook's status and duration, and the input manifest's hash.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import papermill
+from papermill.exceptions import PapermillExecutionError
+
+from . import media
+from .config import load_config, parse_overrides
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+RECORDED_PACKAGES = ["a2m", "torch", "transformers", "mediapipe", "numpy", "librosa", "papermill", "opencv-contrib-python",
+                     "scikit-image", "pandas", "matplotlib", "ipywidgets"]
+
+
+class RunError(RuntimeError):
+    """A notebook failed; the message names it, the failing cell's error, and where the executed copy is."""
+
+
+def notebooks() -> list[Path]:
+    found = sorted(NOTEBOOK_DIR.glob("0[1-9]_*.ipynb"))
+    if not found:
+        raise FileNotFoundError(f"no notebooks in {NOTEBOOK_DIR}; is this a full checkout of the a2m repo?")
+    return found
+
+
+def select(stage_from: str | None = None, only: str | None = None) -> list[Path]:
+    """All notebooks, those from stage `stage_from` on (e.g. "04"), or only stage `only` (e.g. "05")."""
+    every = notebooks()
+    prefixes = [path.name[:2] for path in every]
+    for given in (stage_from, only):
+        if given is not None and given.zfill(2)[:2] not in prefixes:
+            raise ValueError(f"no notebook numbered {given}; choose one of {', '.join(prefixes)}")
+    if only is not None:
+        return [path for path in every if path.name.startswith(only.zfill(2))]
+    if stage_from is not None:
+        return [path for path in every if path.name[:2] >= stage_from.zfill(2)]
+    return every
+
+
+def git_commit() -> str:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True).stdout.strip()
+        return commit + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in RECORDED_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def manifest_hash(processed: str | Path) -> str | None:
+    path = Path(processed) / "manifest.csv"
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def run(config_path: str | Path, run_dir: str | Path | None = None, overrides=None,
+        stage_from: str | None = None, only: str | None = None, progress: bool = True) -> dict:
+    """Execute the selected notebooks in order; return the run record (also in run_dir/run.json)."""
+    overrides = parse_overrides(overrides)
+    cfg = load_config(config_path, overrides)  # fail here, before any notebook, on a bad key or value
+    run_dir = Path(run_dir or Path("runs") / cfg.name)
+    (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
+    record_path = run_dir / "run.json"
+    record = json.loads(record_path.read_text()) if record_path.exists() and (stage_from or only) else {}
+    record.update(
+        config_path=str(config_path), overrides=overrides, config=cfg.to_dict(), seed=cfg.seed,
+        git_commit=git_commit(), packages=package_versions(), platform=platform.platform(),
+        command=" ".join(sys.argv), started=_now(), ended=None, status="running",
+        data_manifest_sha256=manifest_hash(cfg.data.processed),
+    )
+    record.setdefault("notebooks", {})
+    media.write_json_atomic(record_path, record)
+    # The kernel must be this environment's Python, also when the venv is not activated.
+    os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
+    parameters = dict(config_path=str(Path(config_path).resolve()), run_dir=str(run_dir.resolve()), overrides=overrides)
+    for notebook in select(stage_from, only):
+        output = run_dir / "notebooks" / notebook.name
+        entry = dict(status="running", started=_now(), seconds=None, output=str(output))
+        record["notebooks"][notebook.stem] = entry
+        media.write_json_atomic(record_path, record)
+        started = time.time()
+        print(f"[a2m] {notebook.name} -> {output}", flush=True)
+        try:
+            papermill.execute_notebook(str(notebook), str(output), parameters=parameters, kernel_name="python3",
+                                       progress_bar=progress, cwd=os.getcwd())
+        except PapermillExecutionError as error:
+            entry.update(status="failed", seconds=round(time.time() - started, 2),
+                         error=f"cell {error.exec_count}: {error.ename}: {error.evalue}")
+            record.update(status="failed", ended=_now(), data_manifest_sha256=manifest_hash(cfg.data.processed))
+            media.write_json_atomic(record_path, record)
+            raise RunError(f"notebook {notebook.name} failed in cell {error.exec_count}: {error.ename}: {error.evalue}\n"
+                           f"The executed notebook, with the traceback, is {output}") from None
+        entry.update(status="ok", seconds=round(time.time() - started, 2))
+        record["data_manifest_sha256"] = manifest_hash(cfg.data.processed)
+        media.write_json_atomic(record_path, record)
+    record.update(status="ok", ended=_now())
+    media.write_json_atomic(record_path, record)
+    return record

@@ -1,0 +1,39 @@
+import pytest
+
+from a2m_lib.config import ConfigError, config_from_dict, load_config, parse_overrides
+
+
+def test_demo_and_reference_configs_load(cfg):
+    reference = load_config("configs/aniportrait.yaml")
+    assert reference.model.encoder == "facebook/wav2vec2-base-960h"
+    assert reference.data.fps == 30 and reference.model.latent_dim == 512 and reference.model.n_vertices == 468
+    assert reference.train.loss == "l1" and 0 < reference.train.whole_clip_fraction < 1
+    assert reference.train.min_subclip_frames == 10
+    assert cfg.model.encoder == "scratch" and cfg.train.device == "auto"
+
+
+def test_overrides_are_typed_and_applied():
+    cfg = load_config("configs/demo.yaml", ["train.lr=1e-4", "data.raw=/videos", "train.epochs=3", "qa.max_offset_frames=2"])
+    assert cfg.train.lr == pytest.approx(1e-4) and isinstance(cfg.train.lr, float)
+    assert cfg.data.raw == "/videos" and cfg.train.epochs == 3 and cfg.qa.max_offset_frames == 2
+    assert parse_overrides({"train.lr": 0.5}) == {"train.lr": 0.5}
+
+
+def test_unknown_key_is_an_error_with_a_suggestion():
+    with pytest.raises(ConfigError, match=r"unknown config key 'train.lrr'.*train.lr"):
+        load_config("configs/demo.yaml", ["train.lrr=1e-4"])
+    with pytest.raises(ConfigError, match="unknown config key 'nonsense'"):
+        load_config(None, {"nonsense": 1})
+
+
+def test_bad_value_is_an_error_naming_the_key():
+    with pytest.raises(ConfigError, match="train.epochs.*expects int"):
+        load_config("configs/demo.yaml", ["train.epochs=many"])
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config("configs/demo.yaml", ["train.epochs"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config("configs/missing.yaml")
+
+
+def test_config_round_trips_through_a_dict(cfg):
+    assert config_from_dict(cfg.to_dict()) == cfg

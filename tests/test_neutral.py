@@ -1,0 +1,47 @@
+import numpy as np
+import pytest
+
+from a2m_lib import neutral, qa
+
+
+def _truth_for(synthetic_raw, clip_id):
+    speaker, stem = clip_id.split("__")
+    return np.load(synthetic_raw / speaker / f"{stem}.gt.npz", allow_pickle=True)["articulation"]
+
+
+def test_auto_neutral_has_a_nearly_closed_jaw_for_every_speaker(processed, synthetic_raw, tmp_path):
+    accepted = qa.accepted_clips(processed)
+    chosen = neutral.resolve(processed, accepted, "auto", tmp_path)
+    assert set(chosen.speaker) == {"spk0", "spk1"}
+    for row in chosen.itertuples():
+        jaws = np.concatenate([_truth_for(synthetic_raw, c)[:, 0] for c in accepted.clip_id[accepted.speaker == row.speaker]])
+        jaw = _truth_for(synthetic_raw, row.clip_id)[row.frame, 0]
+        # Over 5% of frames have a jaw of exactly 0 (pauses), so the 5th percentile is 0. Allow 0.02 jaw
+        # units (about 0.3 px of lower-lip travel): below what MediaPipe can resolve, so a tie.
+        assert jaw <= max(np.quantile(jaws, 0.05), 0.02), (row.clip_id, row.frame, jaw)
+        saved = neutral.load_neutral(tmp_path / f"{row.speaker}.npz")
+        assert saved["chosen_by"] == "auto" and saved["mesh"].shape == (478, 3)
+        assert saved["clip_id"] == row.clip_id and saved["frame"] == row.frame
+
+
+def test_ranking_table_is_sorted_per_speaker(processed):
+    ranking = neutral.rank_candidates(processed, qa.accepted_clips(processed), top_k=5)
+    assert len(ranking) == 10
+    for _, group in ranking.groupby("speaker"):
+        assert group.score.is_monotonic_increasing
+
+
+def test_manual_frame_file_and_mean_closed_choices(processed, tmp_path):
+    accepted = qa.accepted_clips(processed)
+    clip_id = accepted.clip_id[accepted.speaker == "spk1"].iloc[0]
+    chosen = neutral.resolve(processed, accepted, f"{clip_id}:5", tmp_path / "manual").set_index("speaker")
+    assert chosen.loc["spk1", "chosen_by"] == "manual" and chosen.loc["spk1", "frame"] == 5
+    assert chosen.loc["spk0", "chosen_by"] == "auto"  # speakers not named fall back to auto
+    from_file = neutral.resolve(processed, accepted, str(tmp_path / "manual" / "spk1.npz"), tmp_path / "file").set_index("speaker")
+    assert from_file.loc["spk1", "chosen_by"] == "file"
+    np.testing.assert_array_equal(neutral.load_neutral(tmp_path / "file" / "spk1.npz")["mesh"],
+                                  neutral.load_neutral(tmp_path / "manual" / "spk1.npz")["mesh"])
+    mean = neutral.resolve(processed, accepted, "mean-closed", tmp_path / "mean")
+    assert (mean.chosen_by == "mean-closed").all()
+    with pytest.raises(ValueError, match="not among the accepted clips"):
+        neutral.resolve(processed, accepted, "nope:3", tmp_path / "bad")

@@ -1,0 +1,81 @@
+"""End to end through papermill: the five notebooks on a tiny synthetic set."""
+import json
+import subprocess
+import sys
+
+import nbformat
+import pytest
+
+from a2m_lib import runner
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def demo_run(synthetic_raw, tmp_path_factory):
+    work = tmp_path_factory.mktemp("run")
+    overrides = [f"data.raw={synthetic_raw}", f"data.processed={work / 'processed'}", "train.epochs=40",
+                 "train.batch_size=4"]
+    record = runner.run(runner.REPO_ROOT / "configs" / "demo.yaml", work / "runs" / "tiny", overrides, progress=False)
+    return work / "runs" / "tiny", record, overrides
+
+
+def test_all_notebooks_run_and_leave_a_record(demo_run):
+    run_dir, record, _ = demo_run
+    assert record["status"] == "ok"
+    assert list(record["notebooks"]) == ["01_extract", "02_alignment_qa", "03_neutral_selection", "04_train", "05_evaluate"]
+    saved = json.loads((run_dir / "run.json").read_text())
+    assert saved["config"]["train"]["epochs"] == 40 and saved["seed"] == 0
+    assert saved["git_commit"] and saved["packages"]["torch"].startswith("2.13") and saved["data_manifest_sha256"]
+    assert saved["started"] <= saved["ended"]
+    assert all(entry["status"] == "ok" and entry["seconds"] > 0 for entry in saved["notebooks"].values())
+    for name in record["notebooks"]:
+        book = nbformat.read(run_dir / "notebooks" / f"{name}.ipynb", as_version=4)
+        injected = [c for c in book.cells if "injected-parameters" in c.metadata.get("tags", [])]
+        assert injected and "train.epochs" in injected[0].source
+        assert any(o.get("output_type") == "display_data" for c in book.cells for o in c.get("outputs", [])), \
+            f"{name} shows no plot or table"
+    for fixed in ("checkpoints/last.pt", "checkpoints/best.pt", "neutral/spk0.npz", "neutral/spk1.npz", "metrics.json"):
+        assert (run_dir / fixed).exists(), fixed
+
+
+def test_the_model_beats_the_neutral_baseline(demo_run):
+    run_dir, _, _ = demo_run
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["split"] == "test" and metrics["n_clips"] >= 2
+    assert metrics["model"]["lve"] <= 0.5 * metrics["baselines"]["neutral"]["lve"], metrics
+    assert metrics["model"]["mouth_corr"] > 0.8
+
+
+def test_only_reruns_one_stage_in_place(demo_run):
+    run_dir, _, overrides = demo_run
+    before = (run_dir / "checkpoints" / "best.pt").stat().st_mtime_ns
+    record = runner.run(runner.REPO_ROOT / "configs" / "demo.yaml", run_dir, overrides, only="05", progress=False)
+    assert record["notebooks"]["05_evaluate"]["status"] == "ok"
+    assert "01_extract" in record["notebooks"]  # earlier stages stay in the record
+    assert (run_dir / "checkpoints" / "best.pt").stat().st_mtime_ns == before
+
+
+def test_a_failing_notebook_stops_the_run_and_names_itself(demo_run, tmp_path):
+    run_dir, _, overrides = demo_run
+    bad_run = tmp_path / "bad"
+    command = [sys.executable, "-m", "a2m_lib.cli", "run", "--config", str(runner.REPO_ROOT / "configs" / "demo.yaml"),
+               "--run-dir", str(bad_run), "--from", "03", "-p", "neutral.neutral=no_such_clip:3"]
+    for item in overrides:
+        command += ["-p", item]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "03_neutral_selection.ipynb failed" in result.stderr and "no_such_clip" in result.stderr
+    executed = nbformat.read(bad_run / "notebooks" / "03_neutral_selection.ipynb", as_version=4)
+    assert any(o.get("output_type") == "error" for c in executed.cells for o in c.get("outputs", []))
+    record = json.loads((bad_run / "run.json").read_text())
+    assert record["status"] == "failed" and record["notebooks"]["03_neutral_selection"]["status"] == "failed"
+    assert "04_train" not in record["notebooks"]
+
+
+def test_unknown_config_key_fails_before_any_notebook(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "a2m_lib.cli", "run", "--config", "configs/demo.yaml",
+                             "--run-dir", str(tmp_path / "r"), "-p", "train.epoch=3"], capture_output=True, text=True,
+                            cwd=runner.REPO_ROOT)
+    assert result.returncode == 2 and "train.epochs" in result.stderr
+    assert not (tmp_path / "r" / "notebooks").exists()
