@@ -83,3 +83,15 @@ def write_json_atomic(path: str | Path, obj) -> None:
     tmp = path.with_name(path.name + ".part")
     tmp.write_text(json.dumps(obj, indent=2, default=str))
     tmp.replace(path)
+
+
+def read_frame(path: str | Path, seconds: float) -> np.ndarray | None:
+    """One RGB frame at `seconds` (for previews; extraction streams instead)."""
+    reader = imageio_ffmpeg.read_frames(str(path), input_params=["-ss", f"{max(seconds, 0):.4f}"],
+                                        output_params=["-frames:v", "1"])
+    try:
+        width, height = next(reader)["size"]
+        raw = next(reader, None)
+        return None if raw is None else np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3)
+    finally:
+        reader.close()

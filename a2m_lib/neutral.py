@@ -9,6 +9,7 @@
     path/to/neutral.npz           a saved neutral (any speaker's file; its speaker key says whose)
     mean-closed                   the mean of the speaker's closed-mouth, low-energy frames (reference option)
 
+With `auto`, a speaker whose saved neutral was picked by hand (the picker, `chosen_by = manual`) keeps it.
 Each neutral file holds: mesh (478, 3), speaker, clip_id, frame, chosen_by (auto | manual | file | mean-closed), score.
 """
 from __future__ import annotations
@@ -150,6 +151,12 @@ def resolve(processed: str | Path, accepted: pd.DataFrame, choice: str, out_dir:
 
     rows = []
     for speaker, speaker_clips in clips.items():
+        existing = out_dir / f"{speaker}.npz"
+        if speaker not in fixed and choice == "auto" and existing.exists() and load_neutral(existing)["chosen_by"] == "manual":
+            saved = load_neutral(existing)  # a choice made in the picker outlives re-running the notebook
+            rows.append(dict(speaker=speaker, clip_id=saved["clip_id"], frame=saved["frame"], chosen_by="manual (kept)",
+                             score=float("nan"), path=str(existing)))
+            continue
         if speaker in fixed:
             neutral_mesh, clip_id, frame, chosen_by, score = fixed[speaker]
         else:
@@ -187,3 +194,127 @@ def plot_neutrals(neutral_dir: str | Path):
             axis.invert_yaxis()
     fig.tight_layout()
     return fig
+
+
+# ----------------------------------------------------------------------------------- the picker
+
+def preview_image(clip: dict, frame: int, size: int = 160) -> np.ndarray:
+    """RGB preview of one frame: the video frame with its landmarks, the pose-free mesh front and side."""
+    import cv2
+
+    from . import media
+
+    meta = clip["meta"]
+    image = media.read_frame(meta["source"], float(meta["start"]) + frame / float(meta["fps"]))
+    panel = np.full((size, size, 3), 255, np.uint8)
+    if image is not None and clip["face_found"][frame]:
+        points = clip["landmarks_image"][frame, :, :2]
+        (x0, y0), (x1, y1) = points.min(0), points.max(0)
+        pad = 0.15 * max(x1 - x0, y1 - y0)
+        x0, y0 = int(max(x0 - pad, 0)), int(max(y0 - pad, 0))
+        crop = np.ascontiguousarray(image[y0: int(y1 + pad), x0: int(x1 + pad)])
+        for x, y in points[mesh.LIP_VERTICES] - (x0, y0):
+            cv2.circle(crop, (int(x), int(y)), 1, (255, 40, 40), -1)
+        panel = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
+    views = []
+    shape = clip["mesh"][frame]
+    for axes in ((0, 1), (2, 1)):  # front (x, y) and side (z, y)
+        view = np.full((size, size, 3), 255, np.uint8)
+        if np.isfinite(shape).all():
+            xy = shape[:, axes]
+            xy = (xy - xy.mean(0)) / (np.ptp(xy, axis=0).max() + 1e-9) * 0.9 * size + size / 2
+            for index, (x, y) in enumerate(xy):
+                colour = (220, 40, 40) if index in set(mesh.LIP_VERTICES) else (60, 60, 60)
+                cv2.circle(view, (int(x), int(y)), 1, colour, -1)
+        views.append(view)
+    return np.concatenate([panel] + views, axis=1)
+
+
+def _png(image: np.ndarray) -> bytes:
+    import cv2
+
+    return cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))[1].tobytes()
+
+
+class NeutralPicker:
+    """ipywidgets picker for JupyterLab: top candidates per speaker, a scrubber over any clip, and a
+    "use this frame" button that writes out_dir/<speaker>.npz at once (chosen_by = manual).
+
+        picker = NeutralPicker(processed, accepted, "runs/x/neutral", top_k=8)
+        picker              # displays itself in a notebook
+    """
+
+    def __init__(self, processed, accepted: pd.DataFrame, out_dir, top_k: int = 8, clips: dict | None = None):
+        import ipywidgets as widgets
+
+        self.out_dir = Path(out_dir)
+        self.clips = clips or load_speaker_clips(processed, accepted)
+        self.ranking = rank_candidates(processed, accepted, top_k=top_k, clips=self.clips)
+        speakers = sorted(self.clips)
+        self.speaker = widgets.Dropdown(options=speakers, description="speaker")
+        self.grid = widgets.GridBox(layout=widgets.Layout(grid_template_columns="repeat(2, 490px)"))
+        self.clip = widgets.Dropdown(description="clip")
+        self.slider = widgets.IntSlider(description="frame", min=0, max=0, continuous_update=False)
+        self.scrub_image = widgets.Image(format="png")
+        self.scrub_button = widgets.Button(description="use this frame", button_style="primary")
+        self.status = widgets.HTML()
+        self.buttons: list = []
+        self.speaker.observe(lambda _: self._show_speaker(), names="value")
+        self.clip.observe(lambda _: self._show_clip(), names="value")
+        self.slider.observe(lambda _: self._show_scrub(), names="value")
+        self.scrub_button.on_click(lambda _: self.choose(self.speaker.value, self.clip.value, self.slider.value))
+        self.widget = widgets.VBox([self.speaker, self.status, widgets.HTML("<b>top candidates</b>"), self.grid,
+                                    widgets.HTML("<b>scrub any clip</b>"), self.clip, self.slider, self.scrub_image,
+                                    self.scrub_button])
+        self._show_speaker()
+
+    def _show_speaker(self) -> None:
+        import ipywidgets as widgets
+
+        speaker = self.speaker.value
+        candidates = self.ranking[self.ranking.speaker == speaker]
+        cells, self.buttons = [], []
+        for rank, row in enumerate(candidates.itertuples(), start=1):
+            button = widgets.Button(description="use this frame")
+            button.on_click(lambda _, c=row.clip_id, f=int(row.frame): self.choose(speaker, c, f))
+            self.buttons.append(button)
+            image = widgets.Image(value=_png(preview_image(self.clips[speaker][row.clip_id], int(row.frame))), format="png")
+            cells.append(widgets.VBox([image, widgets.HTML(f"#{rank} {row.clip_id}:{row.frame} · score {row.score:.2f}"), button]))
+        self.grid.children = cells
+        self.clip.options = sorted(self.clips[speaker])
+        self._show_clip()
+        self._show_status()
+
+    def _show_clip(self) -> None:
+        if self.clip.value is None:
+            return
+        self.slider.max = len(self.clips[self.speaker.value][self.clip.value]["mesh"]) - 1
+        self._show_scrub()
+
+    def _show_scrub(self) -> None:
+        clip = self.clips[self.speaker.value][self.clip.value]
+        self.scrub_image.value = _png(preview_image(clip, min(self.slider.value, len(clip["mesh"]) - 1)))
+
+    def _show_status(self) -> None:
+        path = self.out_dir / f"{self.speaker.value}.npz"
+        if path.exists():
+            saved = load_neutral(path)
+            self.status.value = (f"current neutral for <b>{saved['speaker']}</b>: {saved['clip_id']}:{saved['frame']} "
+                                 f"(chosen by {saved['chosen_by']}) — {path}")
+        else:
+            self.status.value = f"no neutral saved yet for <b>{self.speaker.value}</b>"
+
+    def choose(self, speaker: str, clip_id: str, frame: int) -> Path:
+        """Save this frame as the speaker's neutral now (what the buttons call)."""
+        frame_mesh = self.clips[speaker][clip_id]["mesh"][frame]
+        if not np.isfinite(frame_mesh).all():
+            self.status.value = f"<span style='color:red'>{clip_id}:{frame} has no face; pick another frame</span>"
+            raise ValueError(f"{clip_id}:{frame} has no face")
+        path = save_neutral(self.out_dir / f"{speaker}.npz", frame_mesh, speaker, clip_id, frame, "manual")
+        self._show_status()
+        return path
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)

@@ -45,3 +45,30 @@ def test_manual_frame_file_and_mean_closed_choices(processed, tmp_path):
     assert (mean.chosen_by == "mean-closed").all()
     with pytest.raises(ValueError, match="not among the accepted clips"):
         neutral.resolve(processed, accepted, "nope:3", tmp_path / "bad")
+
+
+def test_picker_buttons_write_the_neutral_file_at_once(processed, tmp_path):
+    accepted = qa.accepted_clips(processed)
+    picker = neutral.NeutralPicker(processed, accepted, tmp_path, top_k=3)
+    assert picker.speaker.options == ("spk0", "spk1") and len(picker.buttons) == 3
+    assert "no neutral saved yet" in picker.status.value
+    picker.speaker.value = "spk1"
+    second = picker.ranking[picker.ranking.speaker == "spk1"].iloc[1]
+    picker.buttons[1].click()
+    saved = neutral.load_neutral(tmp_path / "spk1.npz")
+    assert (saved["clip_id"], saved["frame"], saved["chosen_by"]) == (second.clip_id, second.frame, "manual")
+    assert f"{second.clip_id}:{second.frame}" in picker.status.value
+    # the scrubber: any clip, any frame
+    picker.clip.value = picker.clip.options[-1]
+    picker.slider.value = 7
+    assert picker.scrub_image.value[:4] == b"\x89PNG"
+    picker.scrub_button.click()
+    saved = neutral.load_neutral(tmp_path / "spk1.npz")
+    assert (saved["clip_id"], saved["frame"]) == (picker.clip.options[-1], 7)
+    # re-opening shows the saved choice, and re-running the notebook with auto keeps it
+    reopened = neutral.NeutralPicker(processed, accepted, tmp_path, top_k=3)
+    reopened.speaker.value = "spk1"
+    assert f"{picker.clip.options[-1]}:7" in reopened.status.value and "manual" in reopened.status.value
+    table = neutral.resolve(processed, accepted, "auto", tmp_path).set_index("speaker")
+    assert table.loc["spk1", "chosen_by"] == "manual (kept)" and table.loc["spk0", "chosen_by"] == "auto"
+    assert neutral.load_neutral(tmp_path / "spk1.npz")["frame"] == 7
