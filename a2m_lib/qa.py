@@ -3,7 +3,7 @@
 Checks per clip:
 - expected frames: ceil(audio_seconds * fps) against the mesh frame count, within qa.frame_tolerance;
 - audio/video offset: the lag (±15 frames) at which the audio's mel-band energies best predict the
-  mouth opening (see estimate_av_offset); |offset| > qa.max_offset_frames fails. Positive = audio late.
+  mouth's shape (see estimate_av_offset); |offset| > qa.max_offset_frames fails. Positive = audio late.
 - face coverage: the share of frames without a face, at most qa.max_face_missing_frac;
 - length: at least qa.min_frames frames.
 """
@@ -64,23 +64,34 @@ def band_energies(audio: np.ndarray, sample_rate: int, fps: float, n_frames: int
     return np.pad(energies, ((0, max(0, n_frames - len(energies))), (0, 0)), mode="edge")[:n_frames]
 
 
-def estimate_av_offset(opening: np.ndarray, energies: np.ndarray, max_lag: int = MAX_LAG_FRAMES) -> tuple[int, float, np.ndarray]:
-    """Best lag (frames, positive = audio late) and its confidence; also the score per lag.
+MOUTH_DISTANCES = ((13, 14), (0, 17), (61, 291), (78, 308), (1, 152))  # inner/outer opening, widths, nose-chin
 
-    At each lag a small ridge regression predicts the mouth opening from the mel-band energies; the
-    score is its R^2. Several bands matter: loudness alone cannot tell an open "a" from a spread "i",
-    while the first formant (jaw height) can. Confidence: the peak's height above the other lags, in
-    their standard deviations (about 3 or more is a clear peak).
+
+def mouth_features(meshes: np.ndarray) -> np.ndarray:
+    """Five mouth distances per frame, (T, 5), gaps (no face) filled by linear interpolation."""
+    columns = [np.linalg.norm(meshes[:, a] - meshes[:, b], axis=-1) for a, b in MOUTH_DISTANCES]
+    return np.stack([_interpolate_nan(column) for column in columns], axis=1)
+
+
+def estimate_av_offset(mouth: np.ndarray, energies: np.ndarray, max_lag: int = MAX_LAG_FRAMES) -> tuple[int, float, np.ndarray]:
+    """Best lag (frames, positive = audio late), its confidence, and the score of every lag.
+
+    At each lag a small ridge regression predicts each mouth distance from the mel-band energies of the
+    shifted audio; the lag's score is the summed R^2. Several bands matter: loudness alone cannot tell an
+    open "a" from a spread "i", the formants can. Every lag is scored on the same central frames (an
+    overlap that shrinks with the lag would favour the extreme lags), and scores are smoothed over
+    neighbouring lags. Confidence: the peak's height above the other lags in their standard deviations.
     """
-    opening = _interpolate_nan(opening)
+    mouth = mouth.reshape(len(mouth), -1)
+    frames = np.arange(max_lag, len(mouth) - max_lag)
     scores = []
     for lag in range(-max_lag, max_lag + 1):
-        mouth = opening[max(0, -lag): len(opening) - max(0, lag)]
-        audio = energies[max(0, lag): len(energies) - max(0, -lag)]
-        design = np.c_[audio, np.ones(len(audio))]
-        weights = np.linalg.solve(design.T @ design + 0.1 * np.eye(design.shape[1]), design.T @ mouth)
-        scores.append(1 - (mouth - design @ weights).var() / (mouth.var() + 1e-12))
-    scores = np.array(scores)
+        design = np.c_[energies[frames + lag], np.ones(len(frames))]
+        gram = design.T @ design + 0.1 * np.eye(design.shape[1])
+        targets = mouth[frames]
+        residual = targets - design @ np.linalg.solve(gram, design.T @ targets)
+        scores.append(np.sum(1 - residual.var(0) / (targets.var(0) + 1e-12)))
+    scores = np.convolve(np.array(scores), [0.25, 0.5, 0.25], mode="same")
     best = int(np.argmax(scores))
     others = np.delete(scores, best)
     confidence = float((scores[best] - others.mean()) / (others.std() + 1e-9))
@@ -93,10 +104,9 @@ def check_clip(clip: dict, cfg: QAConfig, sample_rate: int) -> dict:
     expected_frames = math.ceil(round(len(clip["audio"]) / sample_rate * fps, 6))
     frame_diff = n_frames - expected_frames
     face_missing = float(1 - clip["face_found"].mean())
-    opening = mesh.mouth_opening(clip["mesh"])
     energies = band_energies(clip["audio"], sample_rate, fps, n_frames)
-    if n_frames > 2 * MAX_LAG_FRAMES:
-        offset, confidence, _ = estimate_av_offset(opening, energies)
+    if n_frames > 3 * MAX_LAG_FRAMES and clip["face_found"].sum() > 2:
+        offset, confidence, _ = estimate_av_offset(mouth_features(clip["mesh"]), energies)
     else:
         offset, confidence = 0, 0.0
     stable = clip["mesh"][:, mesh.STABLE_VERTICES]
@@ -164,7 +174,8 @@ def plot_trace(report: QAReport, clip_id: str, sample_rate: int = 16000):
     fps, n_frames = float(clip["meta"]["fps"]), int(clip["meta"]["n_frames"])
     opening = mesh.mouth_opening(clip["mesh"])
     envelope = audio_envelope(clip["audio"], sample_rate, fps, n_frames)
-    lag, confidence, scores = estimate_av_offset(opening, band_energies(clip["audio"], sample_rate, fps, n_frames))
+    lag, confidence, scores = estimate_av_offset(mouth_features(clip["mesh"]),
+                                                 band_energies(clip["audio"], sample_rate, fps, n_frames))
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.2), gridspec_kw={"width_ratios": [3, 1]})
     t = np.arange(n_frames) / fps
     axes[0].plot(t, opening, label="mouth opening (mesh units)")
@@ -175,6 +186,6 @@ def plot_trace(report: QAReport, clip_id: str, sample_rate: int = 16000):
     twin.legend(loc="upper right")
     axes[1].plot(np.arange(-MAX_LAG_FRAMES, MAX_LAG_FRAMES + 1), scores, marker=".")
     axes[1].axvline(lag, color="tab:red")
-    axes[1].set(xlabel="lag (frames)", ylabel="R$^2$", title=f"offset {lag:+d}, confidence {confidence:.1f}")
+    axes[1].set(xlabel="lag (frames)", ylabel="summed R$^2$", title=f"offset {lag:+d}, confidence {confidence:.1f}")
     fig.tight_layout()
     return fig
