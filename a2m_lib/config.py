@@ -37,6 +37,10 @@ class ExtractConfig:
     min_detection_confidence: float = 0.5
     min_tracking_confidence: float = 0.5
     max_side_px: int = 1280  # frames larger than this are downscaled before FaceMesh
+    max_faces: int = 2  # faces tracked; the largest, most central one is used, extra faces are recorded
+    max_gap_frames: int = 5  # face-detection gaps up to this long are interpolated; longer gaps end a clip
+    segment_min_seconds: float = 3.0  # long videos are cut into clips of these lengths, at speech pauses
+    segment_max_seconds: float = 6.0
 
 
 @dataclass
@@ -45,6 +49,8 @@ class QAConfig:
     max_offset_frames: int = 3  # allowed |audio/video offset| (AniPortrait: 3)
     min_frames: int = 10
     max_face_missing_frac: float = 0.05
+    correct_offset: bool = False  # shift the audio of an out-of-sync clip by its measured offset
+    min_offset_confidence: float = 3.0  # ... but only when the offset estimate is at least this confident
 
 
 @dataclass

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import extract
+from . import extract, qa
 from .model import normalise_audio
 
 
@@ -46,7 +46,8 @@ class ClipDataset(torch.utils.data.Dataset):
             fps = float(clip["meta"]["fps"])
             offsets = clip["mesh"][:, :n_vertices] - neutrals[row.speaker][:n_vertices]   # (T, V, 3)
             valid = np.isfinite(offsets).all(axis=(1, 2))                                  # (T,)
-            self.items.append(dict(clip_id=row.clip_id, speaker=row.speaker, audio=normalise_audio(clip["audio"]),
+            audio = qa.shift_audio(clip["audio"], int(getattr(row, "audio_shift_frames", 0)), sample_rate / fps)
+            self.items.append(dict(clip_id=row.clip_id, speaker=row.speaker, audio=normalise_audio(audio),
                                    offsets=np.nan_to_num(offsets).astype(np.float32), valid=valid,
                                    samples_per_frame=sample_rate / fps))
         self.whole_clip_fraction = whole_clip_fraction

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import extract, media, metrics, neutral
+from . import extract, media, metrics, neutral, qa
 from .config import Config
 from .mesh import LIP_VERTICES, mouth_opening
 from .model import normalise_audio, resolve_device
@@ -62,7 +62,8 @@ def evaluate(cfg: Config, run_dir: str | Path, split: str = "test", checkpoint: 
         neutral_mesh = neutrals[row.speaker][:n_vertices]
         target = clip["mesh"][:, :n_vertices]
         valid = np.isfinite(target).all(axis=(1, 2))
-        prediction = neutral_mesh + predict_offsets(model, clip["audio"], len(target), device)
+        audio = qa.shift_audio(clip["audio"], int(row.audio_shift_frames), cfg.data.sample_rate / float(clip["meta"]["fps"]))
+        prediction = neutral_mesh + predict_offsets(model, audio, len(target), device)
         baseline = np.broadcast_to(neutral_mesh, target.shape)
         target, prediction, baseline = target[valid], prediction[valid], baseline[valid]
         predictions[row.clip_id] = dict(prediction=prediction, target=target, neutral=np.asarray(neutral_mesh))

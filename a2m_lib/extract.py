@@ -2,14 +2,23 @@
 
     manifest = extract.extract_store("data/raw/demo", "data/processed/demo", cfg.data, cfg.extract)
 
+Per source video: audio is decoded on the video's clock (stream start times honoured), frames are
+resampled to `data.fps` by timestamp and streamed through MediaPipe FaceMesh in tracking mode. Face
+gaps of up to `extract.max_gap_frames` are interpolated and marked; longer gaps end a clip. Videos
+longer than `extract.segment_max_seconds` are cut into clips at speech pauses.
+
 Layout of the clip store (`data.processed`):
 
     clips/<clip_id>.npz     one file per clip (see CLIP_KEYS), written then renamed: never half-written
-    failed/<source>.json    one record per source file that produced no clip, with the reason
-    manifest.csv            one row per clip and per failed source, rebuilt from the two folders above
+    sources/<source>.json   per source: its hash, the settings, and its manifest rows (clips, skipped
+                            pieces, or the failure), written last, so it marks the source as done
+    manifest.csv            all rows of sources/*.json: one per clip, per skipped piece, per failed source
 
-A source whose clip file already exists with the same source hash and extractor settings is skipped,
-so an interrupted extraction resumes where it stopped.
+A source whose record has the same source hash and extractor settings is skipped, so an interrupted
+extraction resumes where it stopped, and shards run on several machines merge by copying folders.
+
+Optional metadata: `RAW_DIR/metadata.csv` (columns `file`, relative to RAW_DIR, and `speaker` and/or
+`language`) or a sidecar `<video>.json` with those keys. Otherwise `RAW_DIR/<speaker>/<file>` names the speaker.
 """
 from __future__ import annotations
 
@@ -22,8 +31,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 import cv2
+import librosa
 import numpy as np
 import pandas as pd
+from scipy.interpolate import interp1d
 from tqdm.auto import tqdm
 
 from . import media, mesh
@@ -31,15 +42,17 @@ from .config import DataConfig, ExtractConfig
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".m4v"}
 MANIFEST_COLUMNS = ["clip_id", "speaker", "language", "source", "start", "end", "n_frames", "audio_seconds",
-                    "fps", "status", "reason", "settings", "source_hash"]
+                    "fps", "status", "reason", "settings", "source_hash", "interpolated_frames", "multi_face_frames"]
 CLIP_KEYS = {
     "mesh": "(T, 478, 3) float32 pose-free mesh in mesh units (see a2m_lib.mesh); NaN where no face",
-    "landmarks_image": "(T, 478, 3) float32 MediaPipe landmarks in pixels (z on the x scale)",
+    "landmarks_image": "(T, 478, 3) float32 MediaPipe landmarks in source pixels (z on the x scale)",
     "face_found": "(T,) bool, MediaPipe found a face in this frame",
+    "interpolated": "(T,) bool, landmarks interpolated across a short detection gap",
+    "n_faces": "(T,) int, faces seen; the largest, most central one was used",
     "pose_scale": "(T,) float32, image -> mesh: mesh = scale * R @ landmark + t",
     "pose_rotation": "(T, 3, 3) float32 R",
     "pose_translation": "(T, 3) float32 t",
-    "audio": "(samples,) float32 mono at sample_rate Hz",
+    "audio": "(samples,) float32 mono at sample_rate Hz, starting at the clip's first frame",
     "meta": "JSON string: the clip's manifest row",
 }
 
@@ -56,53 +69,148 @@ def file_hash(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def find_sources(raw_dir: str | Path) -> list[tuple[Path, str]]:
-    """Video files under raw_dir as (path, speaker); `raw_dir/<speaker>/<file>` names the speaker."""
+def _metadata_table(raw_dir: Path) -> dict[str, dict]:
+    table_path = raw_dir / "metadata.csv"
+    if not table_path.exists():
+        return {}
+    table = pd.read_csv(table_path, dtype=str, keep_default_na=False)
+    if "file" not in table.columns:
+        raise ValueError(f"{table_path} needs a 'file' column (paths relative to {raw_dir}), plus speaker and/or language")
+    return {row["file"]: {k: v for k, v in row.items() if k in ("speaker", "language") and v} for _, row in table.iterrows()}
+
+
+def find_sources(raw_dir: str | Path) -> list[dict]:
+    """Video files under raw_dir as dicts: path, source_key, speaker, language."""
     raw_dir = Path(raw_dir)
     if not raw_dir.is_dir():
         raise FileNotFoundError(f"raw video folder {raw_dir} does not exist; set data.raw to a folder of videos")
+    table = _metadata_table(raw_dir)
     sources = []
     for path in sorted(raw_dir.rglob("*")):
-        if path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES and ".part" not in path.suffixes:
-            relative = path.relative_to(raw_dir)
-            speaker = relative.parts[0] if len(relative.parts) > 1 else "default"
-            sources.append((path, speaker))
+        if not path.is_file() or path.suffix.lower() not in VIDEO_SUFFIXES or ".part" in path.suffixes:
+            continue
+        relative = path.relative_to(raw_dir)
+        info = {"speaker": relative.parts[0] if len(relative.parts) > 1 else "default", "language": ""}
+        sidecar = path.with_suffix(".json")
+        if sidecar.exists():
+            info.update({k: v for k, v in json.loads(sidecar.read_text()).items() if k in ("speaker", "language")})
+        info.update(table.get(relative.as_posix(), {}))
+        sources.append(dict(path=path, source_key="__".join(relative.with_suffix("").parts), **info))
     return sources
-
-
-def source_id(path: Path, raw_dir: Path) -> str:
-    return "__".join(path.relative_to(raw_dir).with_suffix("").parts)
 
 
 def settings_key(data_cfg: DataConfig, extract_cfg: ExtractConfig) -> str:
     return json.dumps({"fps": data_cfg.fps, "sample_rate": data_cfg.sample_rate, **asdict(extract_cfg)}, sort_keys=True)
 
 
-def track_video(path: Path, fps: float, extract_cfg: ExtractConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Stream frames at `fps` through FaceMesh tracking: (T, 478, 3) pixels (NaN where no face), (T,) found."""
-    landmarks, found = [], []
+def track_video(path: Path, fps: float, extract_cfg: ExtractConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stream frames at `fps` through FaceMesh tracking.
+
+    Returns (T, N, 3) landmarks in source pixels (NaN where no face), (T,) found, (T,) number of faces.
+    """
+    landmarks, n_faces = [], []
     n_points = mesh.N_LANDMARKS_REFINED if extract_cfg.refine_landmarks else mesh.N_LANDMARKS
+    missing = np.full((n_points, 3), np.nan, np.float32)
     with mesh.FaceTracker(extract_cfg.refine_landmarks, False, extract_cfg.min_detection_confidence,
-                          extract_cfg.min_tracking_confidence) as tracker:
+                          extract_cfg.min_tracking_confidence, extract_cfg.max_faces) as tracker:
         for frame in media.iter_frames(path, fps):
             height, width = frame.shape[:2]
-            shrink = extract_cfg.max_side_px / max(height, width)
-            small = cv2.resize(frame, None, fx=shrink, fy=shrink, interpolation=cv2.INTER_AREA) if shrink < 1 else frame
-            points = tracker(small)
-            if points is None:
-                landmarks.append(np.full((n_points, 3), np.nan, np.float32))
-                found.append(False)
-            else:
-                landmarks.append(points / min(shrink, 1.0))
-                found.append(True)
+            shrink = min(1.0, extract_cfg.max_side_px / max(height, width))
+            if shrink < 1:
+                frame = cv2.resize(frame, None, fx=shrink, fy=shrink, interpolation=cv2.INTER_AREA)
+            points, count = tracker.track(frame)
+            landmarks.append(missing if points is None else points / shrink)
+            n_faces.append(count)
     if not landmarks:
         raise ExtractionError("no video frames could be decoded")
-    return np.stack(landmarks).astype(np.float32), np.array(found)
+    n_faces = np.array(n_faces)
+    return np.stack(landmarks).astype(np.float32), n_faces > 0, n_faces
 
 
-def extract_clip(path: Path, speaker: str, clip_id: str, out_dir: Path, data_cfg: DataConfig,
-                 extract_cfg: ExtractConfig, source_hash: str) -> dict:
-    """Extract one source file into clips/<clip_id>.npz; return its manifest row. Raises ExtractionError."""
+def frame_energy(audio: np.ndarray, sample_rate: int, fps: float, n_frames: int) -> np.ndarray:
+    """Log RMS loudness per video frame (librosa), (n_frames,)."""
+    hop = int(round(sample_rate / fps))
+    rms = librosa.feature.rms(y=audio, frame_length=2 * hop, hop_length=hop, center=True)[0]
+    energy = np.log(rms + 1e-5)
+    return np.pad(energy, (0, max(0, n_frames - len(energy))), mode="edge")[:n_frames]
+
+
+def plan_clips(found: np.ndarray, energy: np.ndarray, fps: float, cfg: ExtractConfig) -> tuple[list, list]:
+    """Where clips start and end, in frames: ([(start, end)], [(start, end, reason)] of skipped pieces).
+
+    Face tracks are split at gaps longer than max_gap_frames. A track longer than segment_max_seconds
+    is cut at its quietest frame inside each allowed window (a pause in speech, if there is one).
+    A video that fits in one clip is kept whole, however short (QA judges it); pieces of longer
+    videos shorter than segment_min_seconds are skipped with a reason.
+    """
+    n_frames = len(found)
+    min_frames = int(round(cfg.segment_min_seconds * fps))
+    max_frames = int(round(cfg.segment_max_seconds * fps))
+    found_at = np.flatnonzero(found)
+    runs, skipped = [], []
+    start = found_at[0]
+    for before, after in zip(found_at[:-1], found_at[1:]):
+        if after - before - 1 > cfg.max_gap_frames:
+            runs.append((start, before + 1))
+            skipped.append((before + 1, after, f"no face for {after - before - 1} frames (> extract.max_gap_frames)"))
+            start = after
+    runs.append((start, found_at[-1] + 1))
+    whole_video = len(runs) == 1 and n_frames <= max_frames
+    if whole_video:
+        return [(0, n_frames)], [(int(a), int(b), reason) for a, b, reason in skipped]  # edge frames without a face stay NaN; QA counts them
+    clips = []
+    for run_start, run_end in runs:
+        position = run_start
+        while run_end - position > max_frames:
+            window = energy[position + min_frames: position + max_frames + 1]
+            cut = position + min_frames + int(np.argmin(window))
+            clips.append((position, cut))
+            position = cut
+        if run_end - position >= min_frames:
+            clips.append((position, run_end))
+        else:
+            skipped.append((position, run_end, f"{(run_end - position) / fps:.2f} s piece is shorter than "
+                                               f"extract.segment_min_seconds={cfg.segment_min_seconds}"))
+    return [(int(a), int(b)) for a, b in clips], [(int(a), int(b), reason) for a, b, reason in skipped]
+
+
+def _interpolate_gaps(landmarks: np.ndarray, found: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Linear interpolation of landmarks across interior detection gaps; returns (landmarks, interpolated)."""
+    interpolated = np.zeros(len(found), bool)
+    found_at = np.flatnonzero(found)
+    gaps = np.setdiff1d(np.arange(found_at[0], found_at[-1] + 1), found_at) if len(found_at) > 1 else []
+    if len(gaps) == 0:
+        return landmarks, interpolated
+    filled = landmarks.copy()
+    filled[gaps] = interp1d(found_at, landmarks[found_at], axis=0)(gaps)
+    interpolated[gaps] = True
+    return filled, interpolated
+
+
+def _save_clip(out_dir: Path, clip_id: str, row: dict, landmarks: np.ndarray, found: np.ndarray,
+               interpolated: np.ndarray, n_faces: np.ndarray, audio: np.ndarray) -> None:
+    n_frames = len(found)
+    usable = found | interpolated
+    meshes = np.full_like(landmarks, np.nan)
+    scales = np.full(n_frames, np.nan, np.float32)
+    rotations = np.full((n_frames, 3, 3), np.nan, np.float32)
+    translations = np.full((n_frames, 3), np.nan, np.float32)
+    reference = mesh.reference_mesh()[: landmarks.shape[1]]
+    for t in np.flatnonzero(usable):
+        meshes[t], scales[t], rotations[t], translations[t] = mesh.remove_pose(landmarks[t], reference)
+    clips_dir = out_dir / "clips"
+    clips_dir.mkdir(parents=True, exist_ok=True)
+    tmp = clips_dir / f"{clip_id}.part.npz"
+    np.savez(tmp, mesh=meshes, landmarks_image=landmarks, face_found=found, interpolated=interpolated,
+             n_faces=n_faces, pose_scale=scales, pose_rotation=rotations, pose_translation=translations,
+             audio=audio, meta=json.dumps(row))
+    tmp.replace(clips_dir / f"{clip_id}.npz")
+
+
+def extract_source(source: dict, out_dir: Path, data_cfg: DataConfig, extract_cfg: ExtractConfig,
+                   source_hash: str) -> list[dict]:
+    """Extract one source video into clips/<clip_id>.npz; return its manifest rows. Raises ExtractionError."""
+    path = source["path"]
     try:
         streams = media.probe_streams(path)
     except media.MediaError as error:
@@ -116,87 +224,89 @@ def extract_clip(path: Path, speaker: str, clip_id: str, out_dir: Path, data_cfg
         raise ExtractionError("the audio track decodes to zero samples")
     if float(np.sqrt(np.mean(audio ** 2))) < 1e-4:
         raise ExtractionError("the audio track is silent (RMS < 1e-4)")
-    landmarks, found = track_video(path, data_cfg.fps, extract_cfg)
+    landmarks, found, n_faces = track_video(path, data_cfg.fps, extract_cfg)
     if not found.any():
         raise ExtractionError(f"MediaPipe found no face in any of {len(found)} frames")
 
-    n_frames = len(found)
-    meshes = np.full_like(landmarks, np.nan)
-    scales = np.full(n_frames, np.nan, np.float32)
-    rotations = np.full((n_frames, 3, 3), np.nan, np.float32)
-    translations = np.full((n_frames, 3), np.nan, np.float32)
-    reference = mesh.reference_mesh()[: landmarks.shape[1]]
-    for t in np.flatnonzero(found):
-        meshes[t], scales[t], rotations[t], translations[t] = mesh.remove_pose(landmarks[t], reference)
+    fps, samples_per_frame = data_cfg.fps, data_cfg.sample_rate / data_cfg.fps
+    energy = frame_energy(audio, data_cfg.sample_rate, fps, len(found))
+    clips, skipped = plan_clips(found, energy, fps, extract_cfg)
+    common = dict(speaker=source["speaker"], language=source["language"], source=str(path), fps=fps,
+                  settings=settings_key(data_cfg, extract_cfg), source_hash=source_hash)
+    rows = []
+    for number, (start, end) in enumerate(clips):
+        clip_id = source["source_key"] if len(clips) == 1 else f"{source['source_key']}_{number:03d}"
+        piece_landmarks, interpolated = _interpolate_gaps(landmarks[start:end], found[start:end])
+        if len(clips) == 1 and (start, end) == (0, len(found)):
+            piece_audio = audio  # the whole video: keep all of its audio, so QA sees any length mismatch
+        else:
+            piece_audio = audio[int(round(start * samples_per_frame)): int(round(end * samples_per_frame))]
+        row = dict(common, clip_id=clip_id, start=round(start / fps, 4), end=round(end / fps, 4), n_frames=end - start,
+                   audio_seconds=round(len(piece_audio) / data_cfg.sample_rate, 6), status="ok", reason="",
+                   interpolated_frames=int(interpolated.sum()), multi_face_frames=int((n_faces[start:end] > 1).sum()))
+        if row["multi_face_frames"]:
+            row["reason"] = f"{row['multi_face_frames']} frames showed several faces; the largest, most central was used"
+        _save_clip(out_dir, clip_id, row, piece_landmarks, found[start:end], interpolated, n_faces[start:end], piece_audio)
+        rows.append(row)
+    for start, end, reason in skipped:
+        rows.append(dict(common, clip_id="", start=round(start / fps, 4), end=round(end / fps, 4), n_frames=end - start,
+                         audio_seconds=np.nan, status="skipped", reason=reason, interpolated_frames=0, multi_face_frames=0))
+    if not clips:
+        raise ExtractionError("no clip long enough: " + "; ".join(reason for *_, reason in skipped))
+    return rows
 
-    row = dict(clip_id=clip_id, speaker=speaker, language="", source=str(path), start=0.0,
-               end=round(n_frames / data_cfg.fps, 4), n_frames=n_frames,
-               audio_seconds=round(len(audio) / data_cfg.sample_rate, 6), fps=data_cfg.fps, status="ok", reason="",
-               settings=settings_key(data_cfg, extract_cfg), source_hash=source_hash)
-    clips_dir = out_dir / "clips"
-    clips_dir.mkdir(parents=True, exist_ok=True)
-    tmp = clips_dir / f"{clip_id}.part.npz"
-    np.savez(tmp, mesh=meshes, landmarks_image=landmarks, face_found=found, pose_scale=scales,
-             pose_rotation=rotations, pose_translation=translations, audio=audio, meta=json.dumps(row))
-    tmp.replace(clips_dir / f"{clip_id}.npz")
-    return row
 
-
-def _extract_one(job: tuple) -> dict:
-    """Worker entry: never raises, so one bad file cannot stop the others."""
-    path, speaker, clip_id, out_dir, data_cfg, extract_cfg = job
+def _extract_one(job: tuple) -> list[dict]:
+    """Worker entry: never raises, so one bad file cannot stop the others. Writes the source record last."""
+    source, out_dir, data_cfg, extract_cfg = job
     source_hash = ""
     try:
-        source_hash = file_hash(path)
-        return extract_clip(path, speaker, clip_id, out_dir, data_cfg, extract_cfg, source_hash)
+        source_hash = file_hash(source["path"])
+        rows = extract_source(source, out_dir, data_cfg, extract_cfg, source_hash)
     except (ExtractionError, media.MediaError) as error:
-        reason = str(error)
+        rows = [_failure_row(source, data_cfg, extract_cfg, source_hash, str(error))]
     except Exception as error:  # noqa: BLE001 - any other failure is recorded per file, with its type
-        reason = f"{type(error).__name__}: {error}"
-    row = dict(clip_id="", speaker=speaker, language="", source=str(path), start=np.nan, end=np.nan, n_frames=0,
-               audio_seconds=np.nan, fps=data_cfg.fps, status="failed", reason=reason,
-               settings=settings_key(data_cfg, extract_cfg), source_hash=source_hash)
-    failed_dir = out_dir / "failed"
-    failed_dir.mkdir(parents=True, exist_ok=True)
-    media.write_json_atomic(failed_dir / f"{clip_id}.json", row)
-    return row
+        rows = [_failure_row(source, data_cfg, extract_cfg, source_hash, f"{type(error).__name__}: {error}")]
+    record = dict(source=str(source["path"]), source_hash=source_hash, settings=settings_key(data_cfg, extract_cfg),
+                  rows=rows)
+    (out_dir / "sources").mkdir(parents=True, exist_ok=True)
+    media.write_json_atomic(out_dir / "sources" / f"{source['source_key']}.json", record)
+    return rows
+
+
+def _failure_row(source: dict, data_cfg: DataConfig, extract_cfg: ExtractConfig, source_hash: str, reason: str) -> dict:
+    return dict(clip_id="", speaker=source["speaker"], language=source["language"], source=str(source["path"]),
+                start=np.nan, end=np.nan, n_frames=0, audio_seconds=np.nan, fps=data_cfg.fps, status="failed",
+                reason=reason, settings=settings_key(data_cfg, extract_cfg), source_hash=source_hash,
+                interpolated_frames=0, multi_face_frames=0)
 
 
 def load_clip(out_dir: str | Path, clip_id: str) -> dict:
     """One clip of the store as a dict of arrays (keys: CLIP_KEYS), `meta` parsed."""
     path = Path(out_dir) / "clips" / f"{clip_id}.npz"
+    if not path.exists():
+        raise FileNotFoundError(f"clip {path} does not exist; re-run extraction (notebook 01) for {out_dir}")
     with np.load(path) as data:
         clip = {key: data[key] for key in data.files}
     clip["meta"] = json.loads(str(clip["meta"]))
     return clip
 
 
-def _is_done(out_dir: Path, clip_id: str, settings: str, source_hash_fn) -> bool:
-    clip_path = out_dir / "clips" / f"{clip_id}.npz"
-    if not clip_path.exists():
+def _is_done(out_dir: Path, source: dict, settings: str) -> bool:
+    record_path = out_dir / "sources" / f"{source['source_key']}.json"
+    if not record_path.exists():
         return False
-    try:
-        with np.load(clip_path) as data:
-            meta = json.loads(str(data["meta"]))
-    except Exception:  # noqa: BLE001 - an unreadable clip file is simply extracted again
+    record = json.loads(record_path.read_text())
+    if record["settings"] != settings or record["source_hash"] != file_hash(source["path"]):
         return False
-    return meta.get("settings") == settings and meta.get("source_hash") == source_hash_fn()
+    return all((out_dir / "clips" / f"{row['clip_id']}.npz").exists() for row in record["rows"] if row["clip_id"])
 
 
 def write_manifest(out_dir: str | Path) -> pd.DataFrame:
-    """Rebuild manifest.csv from clips/ and failed/ (so shards written separately merge)."""
+    """Rebuild manifest.csv from sources/*.json (so shards written separately merge)."""
     out_dir = Path(out_dir)
-    rows = []
-    for clip_path in sorted((out_dir / "clips").glob("*.npz")):
-        if ".part" in clip_path.suffixes:
-            continue
-        with np.load(clip_path) as data:
-            rows.append(json.loads(str(data["meta"])))
-    clip_sources = {row["source"] for row in rows}
-    for failed_path in sorted((out_dir / "failed").glob("*.json")):
-        row = json.loads(failed_path.read_text())
-        if row["source"] not in clip_sources:
-            rows.append(row)
+    rows = [row for record_path in sorted((out_dir / "sources").glob("*.json"))
+            for row in json.loads(record_path.read_text())["rows"]]
     manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     tmp = out_dir / "manifest.csv.part"
     manifest.to_csv(tmp, index=False)
@@ -211,15 +321,8 @@ def extract_store(raw_dir: str | Path, out_dir: str | Path, data_cfg: DataConfig
     out_dir.mkdir(parents=True, exist_ok=True)
     index, count = shard
     settings = settings_key(data_cfg, extract_cfg)
-    jobs = []
-    for number, (path, speaker) in enumerate(find_sources(raw_dir)):
-        if number % count != index:
-            continue
-        clip_id = source_id(path, raw_dir)
-        if _is_done(out_dir, clip_id, settings, lambda: file_hash(path)):
-            continue
-        (out_dir / "failed" / f"{clip_id}.json").unlink(missing_ok=True)
-        jobs.append((path, speaker, clip_id, out_dir, data_cfg, extract_cfg))
+    sources = [s for number, s in enumerate(find_sources(raw_dir)) if number % count == index]
+    jobs = [(s, out_dir, data_cfg, extract_cfg) for s in sources if not _is_done(out_dir, s, settings)]
     started = time.time()
     if workers <= 1:
         for job in tqdm(jobs, desc="extract", disable=not progress):
@@ -232,8 +335,9 @@ def extract_store(raw_dir: str | Path, out_dir: str | Path, data_cfg: DataConfig
                 pass
     manifest = write_manifest(out_dir)
     if progress:
-        print(f"extracted {len(jobs)} new source(s) in {time.time() - started:.1f} s; "
-              f"{(manifest.status == 'ok').sum()} clips, {(manifest.status == 'failed').sum()} failed sources")
+        counts = manifest.status.value_counts().to_dict()
+        print(f"extracted {len(jobs)} new source(s) of {len(sources)} in {time.time() - started:.1f} s; "
+              f"{counts.get('ok', 0)} clips, {counts.get('skipped', 0)} skipped pieces, {counts.get('failed', 0)} failed sources")
     return manifest
 
 

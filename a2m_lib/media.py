@@ -35,9 +35,14 @@ def probe_streams(path: str | Path) -> dict:
 
 
 def read_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
-    """Decode the first audio stream to mono float32 at `sample_rate` Hz."""
+    """Decode the first audio stream to mono float32 at `sample_rate` Hz, on the video's clock.
+
+    `aresample=async=1:first_pts=0` pads with silence wherever the stream's timestamps say so, so an
+    audio track that starts 0.2 s after the video (stream start time, edit list) starts 0.2 s late here
+    too, instead of being glued to frame 0.
+    """
     cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-i", str(path), "-vn",
-           "-ac", "1", "-ar", str(sample_rate), "-f", "f32le", "pipe:1"]
+           "-af", "aresample=async=1:first_pts=0", "-ac", "1", "-ar", str(sample_rate), "-f", "f32le", "pipe:1"]
     proc = subprocess.run(cmd, capture_output=True)
     if proc.returncode != 0:
         raise MediaError(f"{path}: cannot decode audio ({proc.stderr.decode(errors='replace').strip()[-300:]})")

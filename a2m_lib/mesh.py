@@ -36,20 +36,38 @@ def landmarks_to_array(face_landmarks, width: int, height: int) -> np.ndarray:
 
 
 class FaceTracker:
-    """MediaPipe FaceMesh in tracking (video) mode: `tracker(frame_rgb)` -> (478, 3) pixels or None."""
+    """MediaPipe FaceMesh in tracking (video) mode: `tracker(frame_rgb)` -> (478, 3) pixels or None.
+
+    With `max_faces` > 1, `track` also says how many faces were seen. The face it returns is the one
+    nearest to the previously returned face; when there is none, the largest and most central face.
+    """
 
     def __init__(self, refine_landmarks: bool = True, static: bool = False,
-                 min_detection_confidence: float = 0.5, min_tracking_confidence: float = 0.5):
+                 min_detection_confidence: float = 0.5, min_tracking_confidence: float = 0.5, max_faces: int = 1):
         self._mesh = mp.solutions.face_mesh.FaceMesh(
-            static_image_mode=static, max_num_faces=1, refine_landmarks=refine_landmarks,
+            static_image_mode=static, max_num_faces=max_faces, refine_landmarks=refine_landmarks,
             min_detection_confidence=min_detection_confidence, min_tracking_confidence=min_tracking_confidence)
+        self._previous_centre: np.ndarray | None = None
 
-    def __call__(self, frame_rgb: np.ndarray) -> np.ndarray | None:
+    def track(self, frame_rgb: np.ndarray) -> tuple[np.ndarray | None, int]:
         result = self._mesh.process(frame_rgb)
         if not result.multi_face_landmarks:
-            return None
+            self._previous_centre = None
+            return None, 0
         height, width = frame_rgb.shape[:2]
-        return landmarks_to_array(result.multi_face_landmarks[0], width, height)
+        faces = [landmarks_to_array(face, width, height) for face in result.multi_face_landmarks]
+        centres = np.array([face[:, :2].mean(0) for face in faces])
+        if self._previous_centre is not None:
+            chosen = int(np.argmin(np.linalg.norm(centres - self._previous_centre, axis=1)))
+        else:
+            areas = np.array([np.prod(np.ptp(face[:, :2], axis=0)) for face in faces])
+            off_centre = np.linalg.norm(centres - (width / 2, height / 2), axis=1) / np.hypot(width, height)
+            chosen = int(np.argmax(areas * (1 - off_centre)))
+        self._previous_centre = centres[chosen]
+        return faces[chosen], len(faces)
+
+    def __call__(self, frame_rgb: np.ndarray) -> np.ndarray | None:
+        return self.track(frame_rgb)[0]
 
     def close(self) -> None:
         self._mesh.close()

@@ -6,6 +6,9 @@ Checks per clip:
   mouth's shape (see estimate_av_offset); |offset| > qa.max_offset_frames fails. Positive = audio late.
 - face coverage: the share of frames without a face, at most qa.max_face_missing_frac;
 - length: at least qa.min_frames frames.
+
+With qa.correct_offset, a clip whose offset is confidently measured is kept and its audio shifted by
+the offset wherever training and evaluation read it (qa.csv column audio_shift_frames records it).
 """
 from __future__ import annotations
 
@@ -17,12 +20,14 @@ import librosa
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from . import extract, mesh
 from .config import QAConfig
 
 QA_COLUMNS = ["clip_id", "speaker", "n_frames", "expected_frames", "frame_diff", "av_offset_frames",
-              "av_confidence", "face_missing_frac", "jitter", "status", "reason"]
+              "av_confidence", "face_missing_frac", "jitter", "status", "reason", "audio_shift_frames",
+              "clip_offset_frames", "source"]
 MAX_LAG_FRAMES = 15
 
 
@@ -38,14 +43,6 @@ class QAReport:
     @property
     def worst_clip(self) -> str:
         return self.table.loc[self.table.av_offset_frames.abs().idxmax(), "clip_id"]
-
-
-def audio_envelope(audio: np.ndarray, sample_rate: int, fps: float, n_frames: int) -> np.ndarray:
-    """Log RMS loudness per video frame, (n_frames,)."""
-    hop = sample_rate / fps
-    rms = librosa.feature.rms(y=audio, frame_length=int(2 * hop), hop_length=int(round(hop)), center=True)[0]
-    envelope = np.log(rms + 1e-4)
-    return np.pad(envelope, (0, max(0, n_frames - len(envelope))), mode="edge")[:n_frames]
 
 
 def _interpolate_nan(values: np.ndarray) -> np.ndarray:
@@ -92,54 +89,93 @@ def estimate_av_offset(mouth: np.ndarray, energies: np.ndarray, max_lag: int = M
         residual = targets - design @ np.linalg.solve(gram, design.T @ targets)
         scores.append(np.sum(1 - residual.var(0) / (targets.var(0) + 1e-12)))
     scores = np.convolve(np.array(scores), [0.25, 0.5, 0.25], mode="same")
+    return (*_peak(scores), scores)
+
+
+def _peak(scores: np.ndarray) -> tuple[int, float]:
+    """(lag of the best score, its height above the other lags in their standard deviations)."""
     best = int(np.argmax(scores))
     others = np.delete(scores, best)
-    confidence = float((scores[best] - others.mean()) / (others.std() + 1e-9))
-    return best - max_lag, confidence, scores
+    return best - (len(scores) - 1) // 2, float((scores[best] - others.mean()) / (others.std() + 1e-9))
 
 
-def check_clip(clip: dict, cfg: QAConfig, sample_rate: int) -> dict:
+def measure_clip(clip: dict, sample_rate: int) -> tuple[dict, np.ndarray | None]:
+    """The QA measurements of one clip, and its A/V lag scores (None when the clip is too short to tell)."""
     meta = clip["meta"]
     fps, n_frames = float(meta["fps"]), int(meta["n_frames"])
     expected_frames = math.ceil(round(len(clip["audio"]) / sample_rate * fps, 6))
-    frame_diff = n_frames - expected_frames
-    face_missing = float(1 - clip["face_found"].mean())
-    energies = band_energies(clip["audio"], sample_rate, fps, n_frames)
+    scores = None
     if n_frames > 3 * MAX_LAG_FRAMES and clip["face_found"].sum() > 2:
-        offset, confidence, _ = estimate_av_offset(mouth_features(clip["mesh"]), energies)
-    else:
-        offset, confidence = 0, 0.0
+        energies = band_energies(clip["audio"], sample_rate, fps, n_frames)
+        scores = estimate_av_offset(mouth_features(clip["mesh"]), energies)[2]
     stable = clip["mesh"][:, mesh.STABLE_VERTICES]
     jitter = float(np.nanmean(np.linalg.norm(np.diff(stable, axis=0), axis=-1))) if n_frames > 1 else 0.0
-    reasons = []
-    if n_frames < cfg.min_frames:
-        reasons.append(f"only {n_frames} frames (< {cfg.min_frames})")
-    if abs(frame_diff) > cfg.frame_tolerance:
-        reasons.append(f"{n_frames} mesh frames vs {expected_frames} expected from the audio")
+    row = dict(clip_id=meta["clip_id"], speaker=meta["speaker"], source=meta["source"], n_frames=n_frames,
+               expected_frames=expected_frames, frame_diff=n_frames - expected_frames,
+               face_missing_frac=round(float(1 - clip["face_found"].mean()), 4), jitter=round(jitter, 5))
+    return row, scores
+
+
+def judge(row: dict, cfg: QAConfig) -> dict:
+    """Add status, reason and any audio correction to a measured row."""
+    reasons, notes = [], []
+    if row["n_frames"] < cfg.min_frames:
+        reasons.append(f"only {row['n_frames']} frames (< {cfg.min_frames})")
+    if abs(row["frame_diff"]) > cfg.frame_tolerance:
+        reasons.append(f"{row['n_frames']} mesh frames vs {row['expected_frames']} expected from the audio")
+    offset, shift = row["av_offset_frames"], 0
     if abs(offset) > cfg.max_offset_frames:
-        reasons.append(f"audio/video offset {offset:+d} frames (> {cfg.max_offset_frames})")
-    if face_missing > cfg.max_face_missing_frac:
-        reasons.append(f"no face in {face_missing:.0%} of frames")
-    return dict(clip_id=meta["clip_id"], speaker=meta["speaker"], n_frames=n_frames, expected_frames=expected_frames,
-                frame_diff=frame_diff, av_offset_frames=offset, av_confidence=round(confidence, 3),
-                face_missing_frac=round(face_missing, 4), jitter=round(jitter, 5),
-                status="fail" if reasons else "pass", reason="; ".join(reasons))
+        if cfg.correct_offset and row["av_confidence"] >= cfg.min_offset_confidence:
+            shift = offset
+            notes.append(f"audio/video offset {offset:+d} frames corrected: the audio is shifted {offset:+d} frames earlier")
+        else:
+            reasons.append(f"audio/video offset {offset:+d} frames (> {cfg.max_offset_frames})")
+    if row["face_missing_frac"] > cfg.max_face_missing_frac:
+        reasons.append(f"no face in {row['face_missing_frac']:.0%} of frames")
+    return dict(row, status="fail" if reasons else "pass", reason="; ".join(reasons + notes), audio_shift_frames=shift)
 
 
 def check_store(processed: str | Path, cfg: QAConfig, sample_rate: int = 16000) -> QAReport:
-    """QA every clip of the store; write processed/qa.csv; return the report."""
+    """QA every clip of the store; write processed/qa.csv; return the report.
+
+    The A/V offset is a property of the recording, and a 3-6 s clip alone gives a noisy estimate, so the
+    lag scores of all clips cut from one source are summed: `av_offset_frames` and `av_confidence`
+    are that source-level estimate, `clip_offset_frames` is the clip's own (a large difference hints at drift).
+    """
     processed = Path(processed)
     manifest_path = processed / "manifest.csv"
     if not manifest_path.exists():
         raise FileNotFoundError(f"{manifest_path} does not exist; run extraction (notebook 01 or `a2m extract`) first")
     manifest = pd.read_csv(manifest_path, keep_default_na=False)
-    rows = [check_clip(extract.load_clip(processed, clip_id), cfg, sample_rate)
-            for clip_id in manifest.loc[manifest.status == "ok", "clip_id"]]
+    measured = [measure_clip(extract.load_clip(processed, clip_id), sample_rate)
+                for clip_id in tqdm(manifest.loc[manifest.status == "ok", "clip_id"], desc="qa", leave=False)]
+    pooled: dict[str, np.ndarray] = {}
+    for row, scores in measured:
+        if scores is not None:
+            pooled[row["source"]] = pooled.get(row["source"], 0) + scores
+    rows = []
+    for row, scores in measured:
+        row["clip_offset_frames"] = _peak(scores)[0] if scores is not None else 0
+        offset, confidence = _peak(pooled[row["source"]]) if row["source"] in pooled else (0, 0.0)
+        rows.append(judge(dict(row, av_offset_frames=offset, av_confidence=round(confidence, 3)), cfg))
     table = pd.DataFrame(rows, columns=QA_COLUMNS)
     tmp = processed / "qa.csv.part"
     table.to_csv(tmp, index=False)
     tmp.replace(processed / "qa.csv")
     return QAReport(table=table, processed=processed)
+
+
+def shift_audio(audio: np.ndarray, shift_frames: int, samples_per_frame: float) -> np.ndarray:
+    """Move the audio `shift_frames` frames earlier (negative: later), keeping its length; QA's correction."""
+    shift = int(round(shift_frames * samples_per_frame))
+    if shift == 0:
+        return audio
+    shifted = np.zeros_like(audio)
+    if shift > 0:
+        shifted[:-shift] = audio[shift:]
+    else:
+        shifted[-shift:] = audio[:shift]
+    return shifted
 
 
 def accepted_clips(processed: str | Path) -> pd.DataFrame:
@@ -173,7 +209,7 @@ def plot_trace(report: QAReport, clip_id: str, sample_rate: int = 16000):
     clip = extract.load_clip(report.processed, clip_id)
     fps, n_frames = float(clip["meta"]["fps"]), int(clip["meta"]["n_frames"])
     opening = mesh.mouth_opening(clip["mesh"])
-    envelope = audio_envelope(clip["audio"], sample_rate, fps, n_frames)
+    envelope = extract.frame_energy(clip["audio"], sample_rate, fps, n_frames)
     lag, confidence, scores = estimate_av_offset(mouth_features(clip["mesh"]),
                                                  band_energies(clip["audio"], sample_rate, fps, n_frames))
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.2), gridspec_kw={"width_ratios": [3, 1]})

@@ -90,7 +90,7 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True) -> TrainResul
     if accepted.empty:
         raise RuntimeError(f"no clips passed QA in {cfg.data.processed}/qa.csv; see its reason column")
     splits = split_clips(accepted, cfg.data.val_fraction, cfg.data.test_fraction, cfg.seed)
-    splits[["clip_id", "speaker", "split"]].to_csv(run_dir / "splits.csv", index=False)
+    splits[["clip_id", "speaker", "split", "audio_shift_frames"]].to_csv(run_dir / "splits.csv", index=False)
     neutrals = neutral.load_neutrals(run_dir / "neutral")
     train_set = ClipDataset(cfg.data.processed, splits[splits.split == "train"], neutrals, cfg.model.n_vertices,
                             cfg.data.sample_rate, cfg.train.whole_clip_fraction, cfg.train.min_subclip_frames, cfg.seed)
