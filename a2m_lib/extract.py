@@ -31,7 +31,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import cv2
-import librosa
 import numpy as np
 import pandas as pd
 from scipy.interpolate import interp1d
@@ -128,11 +127,16 @@ def track_video(path: Path, fps: float, extract_cfg: ExtractConfig) -> tuple[np.
 
 
 def frame_energy(audio: np.ndarray, sample_rate: int, fps: float, n_frames: int) -> np.ndarray:
-    """Log RMS loudness per video frame (librosa), (n_frames,)."""
-    hop = int(round(sample_rate / fps))
-    rms = librosa.feature.rms(y=audio, frame_length=2 * hop, hop_length=hop, center=True)[0]
-    energy = np.log(rms + 1e-5)
-    return np.pad(energy, (0, max(0, n_frames - len(energy))), mode="edge")[:n_frames]
+    """Log RMS loudness per video frame, (n_frames,): frame t covers [t, t+1) / fps.
+
+    numpy, not librosa.feature.rms: importing librosa.feature costs about 2 s per process (numba),
+    which would dominate a worker's first clip.
+    """
+    hop = sample_rate / fps
+    edges = np.round(np.arange(n_frames + 1) * hop).astype(int)
+    padded = np.pad(audio, (0, max(0, edges[-1] - len(audio))))
+    power = np.add.reduceat(padded.astype(np.float64) ** 2, edges[:-1]) / np.diff(edges)
+    return np.log(np.sqrt(power) + 1e-5)
 
 
 def plan_clips(found: np.ndarray, energy: np.ndarray, fps: float, cfg: ExtractConfig) -> tuple[list, list]:
@@ -195,9 +199,10 @@ def _save_clip(out_dir: Path, clip_id: str, row: dict, landmarks: np.ndarray, fo
     scales = np.full(n_frames, np.nan, np.float32)
     rotations = np.full((n_frames, 3, 3), np.nan, np.float32)
     translations = np.full((n_frames, 3), np.nan, np.float32)
-    reference = mesh.reference_mesh()[: landmarks.shape[1]]
-    for t in np.flatnonzero(usable):
-        meshes[t], scales[t], rotations[t], translations[t] = mesh.remove_pose(landmarks[t], reference)
+    if usable.any():
+        reference = mesh.reference_mesh()[: landmarks.shape[1]]
+        meshes[usable], scales[usable], rotations[usable], translations[usable] = mesh.remove_pose_batch(
+            landmarks[usable], reference)
     clips_dir = out_dir / "clips"
     clips_dir.mkdir(parents=True, exist_ok=True)
     tmp = clips_dir / f"{clip_id}.part.npz"

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import queue
 import subprocess
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -49,13 +51,46 @@ def read_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
     return np.frombuffer(proc.stdout, dtype=np.float32).copy()
 
 
-def iter_frames(path: str | Path, fps: float) -> Iterator[np.ndarray]:
-    """Stream RGB frames resampled to `fps` by timestamp (ffmpeg's fps filter), one at a time."""
+def iter_frames(path: str | Path, fps: float, prefetch: int = 16) -> Iterator[np.ndarray]:
+    """Stream RGB frames resampled to `fps` by timestamp (ffmpeg's fps filter), one at a time.
+
+    A reader thread keeps up to `prefetch` decoded frames ready, so that ffmpeg's decoding and the pipe
+    transfer overlap with whatever the caller does per frame (FaceMesh), instead of taking turns.
+    Memory stays bounded by `prefetch` frames, whatever the video's length.
+    """
     reader = imageio_ffmpeg.read_frames(str(path), output_params=["-vf", f"fps={fps}"])
     meta = next(reader)
     width, height = meta["size"]
-    for raw in reader:
-        yield np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3)
+    frames: queue.Queue = queue.Queue(maxsize=prefetch)
+    stop = threading.Event()
+    done = object()
+
+    def produce():
+        try:
+            for raw in reader:
+                if stop.is_set():
+                    break
+                frames.put(raw)
+        except Exception as error:  # noqa: BLE001 - handed to the consumer, which re-raises it
+            frames.put(error)
+        finally:
+            frames.put(done)
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+        while (item := frames.get()) is not done:
+            if isinstance(item, Exception):
+                raise MediaError(f"{path}: decoding failed ({item})") from item
+            yield np.frombuffer(item, dtype=np.uint8).reshape(height, width, 3)
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                frames.get_nowait()
+            except queue.Empty:
+                thread.join(0.01)
+        reader.close()
 
 
 def write_video(path: str | Path, frames: np.ndarray, fps: float, audio: np.ndarray | None, sample_rate: int) -> None:

@@ -4,7 +4,8 @@
 
 Each executed notebook is written to runs/<id>/notebooks/. runs/<id>/run.json is rewritten after every
 notebook, so a crash leaves an accurate record: the resolved config, seed, git commit, package
-versions, start/end times, each notebook's status and duration, and the input manifest's hash.
+versions, start/end times, each notebook's status and duration, the input manifest's hash, and the
+neutral used for each speaker.
 """
 from __future__ import annotations
 
@@ -124,6 +125,9 @@ def run(config_path: str | Path, run_dir: str | Path | None = None, overrides=No
                            f"The executed notebook, with the traceback, is {output}") from None
         entry.update(status="ok", seconds=round(time.time() - started, 2))
         record["data_manifest_sha256"] = manifest_hash(cfg.data.processed)
+        choice = run_dir / "neutral" / "choice.json"
+        if choice.exists():  # which neutral each speaker got, and who chose it
+            record["neutral"] = json.loads(choice.read_text())
         media.write_json_atomic(record_path, record)
     record.update(status="ok", ended=_now())
     media.write_json_atomic(record_path, record)

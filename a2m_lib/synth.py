@@ -220,7 +220,7 @@ def load_face(face: str | Path | None = None, mirror: bool = False) -> FaceRig:
 
 def render_frame(rig: FaceRig, articulation: np.ndarray, head: np.ndarray) -> np.ndarray:
     """One frame: articulation (3,) in [0, 1], head (4,) = (roll degrees, dx px, dy px, log scale)."""
-    displacement = np.tensordot(articulation, rig.fields, axes=1)
+    displacement = np.tensordot(np.asarray(articulation, np.float32), rig.fields, axes=1)
     frame = _warp(rig.image, displacement)
     contour = rig.landmarks[INNER_LIP_CONTOUR, :2]
     ix, iy = np.clip(contour.astype(int), 0, FACE_SIZE - 1).T

@@ -207,3 +207,28 @@ def test_language_and_speaker_from_metadata(tmp_path, synthetic_raw, cfg):
     sources = {s["path"].name: s for s in extract.find_sources(raw)}
     assert (sources[files[0].name]["speaker"], sources[files[0].name]["language"]) == ("alice", "de")
     assert (sources[files[1].name]["speaker"], sources[files[1].name]["language"]) == ("default", "fr")
+
+
+def test_second_face_is_recorded_and_the_main_face_kept(tmp_path, cfg):
+    import cv2
+
+    rig = synth.load_face()
+    rng = np.random.default_rng(3)
+    audio, per_sample, _ = synth.synth_utterance(4.0, 150, rng)
+    frames = []
+    for t in range(120):
+        canvas = np.full((384, 512, 3), 200, np.uint8)
+        big = cv2.resize(synth.render_frame(rig, per_sample[int((t + 0.5) * 16000 / 30)], np.zeros(4)), (300, 300))
+        canvas[60:360, 180:480] = big
+        if t >= 45:  # a second, smaller person appears at the left
+            canvas[20:150, 20:150] = cv2.resize(rig.image, (130, 130))
+        frames.append(canvas)
+    (tmp_path / "raw").mkdir()
+    media.write_video(tmp_path / "raw" / "two.mp4", np.stack(frames), 30, audio, 16000)
+    manifest = extract.extract_store(tmp_path / "raw", tmp_path / "out", cfg.data, cfg.extract, progress=False)
+    row = manifest.iloc[0]
+    assert row.status == "ok" and row.multi_face_frames >= 45 and "largest, most central" in row.reason
+    clip = extract.load_clip(tmp_path / "out", row.clip_id)
+    assert clip["n_faces"][:30].max() == 1 and clip["n_faces"][75:].min() == 2
+    centres = np.nanmean(clip["landmarks_image"][..., :2], axis=1)
+    assert clip["face_found"].all() and (centres[:, 0] > 250).all(), "stays on the big, central face"

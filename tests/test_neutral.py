@@ -72,3 +72,17 @@ def test_picker_buttons_write_the_neutral_file_at_once(processed, tmp_path):
     table = neutral.resolve(processed, accepted, "auto", tmp_path).set_index("speaker")
     assert table.loc["spk1", "chosen_by"] == "manual (kept)" and table.loc["spk0", "chosen_by"] == "auto"
     assert neutral.load_neutral(tmp_path / "spk1.npz")["frame"] == 7
+
+
+def test_training_targets_subtract_each_speakers_own_neutral(processed, tmp_path):
+    from a2m_lib import extract
+    from a2m_lib.dataset import ClipDataset
+
+    accepted = qa.accepted_clips(processed)
+    neutral.resolve(processed, accepted, "auto", tmp_path)
+    neutrals = neutral.load_neutrals(tmp_path)
+    assert not np.allclose(neutrals["spk0"], neutrals["spk1"])
+    dataset = ClipDataset(processed, accepted, neutrals, 468, 16000)
+    for item, row in zip(dataset.items, accepted.itertuples()):
+        clip_mesh = extract.load_clip(processed, row.clip_id)["mesh"][:, :468]
+        np.testing.assert_allclose(item["offsets"], clip_mesh - neutrals[row.speaker][:468], atol=1e-5)

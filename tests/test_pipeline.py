@@ -28,6 +28,7 @@ def test_all_notebooks_run_and_leave_a_record(demo_run):
     assert saved["config"]["train"]["epochs"] == 40 and saved["seed"] == 0
     assert saved["git_commit"] and saved["packages"]["torch"].startswith("2.13") and saved["data_manifest_sha256"]
     assert saved["started"] <= saved["ended"]
+    assert saved["neutral"]["neutral"] == "auto" and {r["speaker"] for r in saved["neutral"]["speakers"]} == {"spk0", "spk1"}
     assert all(entry["status"] == "ok" and entry["seconds"] > 0 for entry in saved["notebooks"].values())
     for name in record["notebooks"]:
         book = nbformat.read(run_dir / "notebooks" / f"{name}.ipynb", as_version=4)

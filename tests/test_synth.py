@@ -52,3 +52,28 @@ def test_faults_are_injected(tmp_path):
     truth = synth.synth_clip(tmp_path / "drop.mp4", rig, 3.0, 150, rng, faults=synth.Faults(dropped_frames=5))
     assert sum(1 for _ in media.iter_frames(tmp_path / "drop.mp4", 30)) == 85
     assert len(truth["articulation"]) == 85
+
+
+def test_fast_landmark_reading_matches_mediapipe_fields():
+    from skimage import data
+    import mediapipe as mp
+
+    with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, refine_landmarks=True) as face_mesh:
+        face = face_mesh.process(data.astronaut()).multi_face_landmarks[0]
+    slow = np.array([[p.x * 512, p.y * 512, p.z * 512] for p in face.landmark], np.float32)
+    np.testing.assert_allclose(mesh.landmarks_to_array(face, 512, 512), slow, rtol=1e-6, atol=1e-4)
+
+
+def test_batched_pose_removal_matches_the_single_frame_fit():
+    from scipy.spatial.transform import Rotation
+
+    reference = mesh.reference_mesh()
+    rng = np.random.default_rng(0)
+    frames = np.stack([12.0 * reference @ Rotation.random(random_state=i).as_matrix().T + rng.normal(0, 50, 3)
+                       for i in range(4)]).astype(np.float32)
+    meshes, scales, rotations, translations = mesh.remove_pose_batch(frames)
+    for i in range(4):
+        single, scale, rotation, _ = mesh.remove_pose(frames[i])
+        np.testing.assert_allclose(meshes[i], single, atol=1e-3)
+        np.testing.assert_allclose(meshes[i], reference, atol=1e-3)  # pose fully removed
+        assert abs(scales[i] - 1 / 12.0) < 1e-5 and np.allclose(rotations[i], rotation, atol=1e-5)
