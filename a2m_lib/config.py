@@ -33,6 +33,9 @@ class DataConfig:
 
 @dataclass
 class ExtractConfig:
+    extractor: str = "facemesh"  # facemesh (legacy FaceMesh, ships in the wheel) | tasks (needs task_file)
+    task_file: str = ""  # tasks: path to face_landmarker_v2_with_blendshapes.task (user-supplied)
+    canonical_model: str = ""  # optional: MediaPipe canonical_face_model.obj -> pose-free meshes in its cm
     refine_landmarks: bool = True  # 478 points (iris included); the first 468 are AniPortrait's
     min_detection_confidence: float = 0.5
     min_tracking_confidence: float = 0.5

@@ -52,6 +52,8 @@ CLIP_KEYS = {
     "pose_rotation": "(T, 3, 3) float32 R",
     "pose_translation": "(T, 3) float32 t",
     "audio": "(samples,) float32 mono at sample_rate Hz, starting at the clip's first frame",
+    "blendshapes": "tasks extractor only: (T, 52) float32 MediaPipe blendshape scores (names in blendshape_names)",
+    "transformation_matrix": "tasks extractor only: (T, 4, 4) float32 facial transformation matrix",
     "meta": "JSON string: the clip's manifest row",
 }
 
@@ -102,28 +104,48 @@ def settings_key(data_cfg: DataConfig, extract_cfg: ExtractConfig) -> str:
     return json.dumps({"fps": data_cfg.fps, "sample_rate": data_cfg.sample_rate, **asdict(extract_cfg)}, sort_keys=True)
 
 
-def track_video(path: Path, fps: float, extract_cfg: ExtractConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Stream frames at `fps` through FaceMesh tracking.
+def _tracker(fps: float, cfg: ExtractConfig):
+    if cfg.extractor == "tasks":
+        return mesh.TasksTracker(cfg.task_file, fps, cfg.max_faces, cfg.min_detection_confidence,
+                                 cfg.min_tracking_confidence)
+    if cfg.extractor != "facemesh":
+        raise ValueError(f"extract.extractor '{cfg.extractor}' is not known; use facemesh or tasks")
+    return mesh.FaceTracker(cfg.refine_landmarks, False, cfg.min_detection_confidence, cfg.min_tracking_confidence,
+                            cfg.max_faces)
 
-    Returns (T, N, 3) landmarks in source pixels (NaN where no face), (T,) found, (T,) number of faces.
+
+def track_video(path: Path, fps: float, extract_cfg: ExtractConfig):
+    """Stream frames at `fps` through the face tracker.
+
+    Returns (T, N, 3) landmarks in source pixels (NaN where no face), (T,) found, (T,) number of faces,
+    and extras: for the tasks extractor, blendshapes (T, 52), transformation_matrix (T, 4, 4) and
+    blendshape_names; empty for facemesh.
     """
-    landmarks, n_faces = [], []
-    n_points = mesh.N_LANDMARKS_REFINED if extract_cfg.refine_landmarks else mesh.N_LANDMARKS
+    landmarks, n_faces, blendshapes, matrices = [], [], [], []
+    tasks = extract_cfg.extractor == "tasks"
+    n_points = mesh.N_LANDMARKS_REFINED if extract_cfg.refine_landmarks or tasks else mesh.N_LANDMARKS
     missing = np.full((n_points, 3), np.nan, np.float32)
-    with mesh.FaceTracker(extract_cfg.refine_landmarks, False, extract_cfg.min_detection_confidence,
-                          extract_cfg.min_tracking_confidence, extract_cfg.max_faces) as tracker:
+    with _tracker(fps, extract_cfg) as tracker:
         for frame in media.iter_frames(path, fps):
             height, width = frame.shape[:2]
             shrink = min(1.0, extract_cfg.max_side_px / max(height, width))
             if shrink < 1:
                 frame = cv2.resize(frame, None, fx=shrink, fy=shrink, interpolation=cv2.INTER_AREA)
-            points, count = tracker.track(frame)
+            points, count, *task_outputs = tracker.track(frame)
             landmarks.append(missing if points is None else points / shrink)
             n_faces.append(count)
+            if tasks:
+                blendshapes.append(task_outputs[0] if points is not None else np.full(52, np.nan, np.float32))
+                matrices.append(task_outputs[1] if points is not None else np.full((4, 4), np.nan, np.float32))
+        names = getattr(tracker, "blendshape_names", [])
     if not landmarks:
         raise ExtractionError("no video frames could be decoded")
+    extras = {}
+    if tasks:
+        extras = dict(blendshapes=np.stack(blendshapes), transformation_matrix=np.stack(matrices),
+                      blendshape_names=np.array(names))
     n_faces = np.array(n_faces)
-    return np.stack(landmarks).astype(np.float32), n_faces > 0, n_faces
+    return np.stack(landmarks).astype(np.float32), n_faces > 0, n_faces, extras
 
 
 def frame_energy(audio: np.ndarray, sample_rate: int, fps: float, n_frames: int) -> np.ndarray:
@@ -191,8 +213,16 @@ def _interpolate_gaps(landmarks: np.ndarray, found: np.ndarray) -> tuple[np.ndar
     return filled, interpolated
 
 
+def pose_reference(cfg: ExtractConfig, n_points: int) -> np.ndarray:
+    """The mesh every frame is aligned to: the user's canonical model if given, else the built-in one."""
+    if cfg.canonical_model:
+        return mesh.load_canonical_model(cfg.canonical_model, n_points)
+    return mesh.reference_mesh()[:n_points]
+
+
 def _save_clip(out_dir: Path, clip_id: str, row: dict, landmarks: np.ndarray, found: np.ndarray,
-               interpolated: np.ndarray, n_faces: np.ndarray, audio: np.ndarray) -> None:
+               interpolated: np.ndarray, n_faces: np.ndarray, audio: np.ndarray, reference: np.ndarray,
+               extras: dict) -> None:
     n_frames = len(found)
     usable = found | interpolated
     meshes = np.full_like(landmarks, np.nan)
@@ -200,7 +230,6 @@ def _save_clip(out_dir: Path, clip_id: str, row: dict, landmarks: np.ndarray, fo
     rotations = np.full((n_frames, 3, 3), np.nan, np.float32)
     translations = np.full((n_frames, 3), np.nan, np.float32)
     if usable.any():
-        reference = mesh.reference_mesh()[: landmarks.shape[1]]
         meshes[usable], scales[usable], rotations[usable], translations[usable] = mesh.remove_pose_batch(
             landmarks[usable], reference)
     clips_dir = out_dir / "clips"
@@ -208,7 +237,7 @@ def _save_clip(out_dir: Path, clip_id: str, row: dict, landmarks: np.ndarray, fo
     tmp = clips_dir / f"{clip_id}.part.npz"
     np.savez(tmp, mesh=meshes, landmarks_image=landmarks, face_found=found, interpolated=interpolated,
              n_faces=n_faces, pose_scale=scales, pose_rotation=rotations, pose_translation=translations,
-             audio=audio, meta=json.dumps(row))
+             audio=audio, meta=json.dumps(row), **extras)
     tmp.replace(clips_dir / f"{clip_id}.npz")
 
 
@@ -229,7 +258,8 @@ def extract_source(source: dict, out_dir: Path, data_cfg: DataConfig, extract_cf
         raise ExtractionError("the audio track decodes to zero samples")
     if float(np.sqrt(np.mean(audio ** 2))) < 1e-4:
         raise ExtractionError("the audio track is silent (RMS < 1e-4)")
-    landmarks, found, n_faces = track_video(path, data_cfg.fps, extract_cfg)
+    landmarks, found, n_faces, extras = track_video(path, data_cfg.fps, extract_cfg)
+    reference = pose_reference(extract_cfg, landmarks.shape[1])
     if not found.any():
         raise ExtractionError(f"MediaPipe found no face in any of {len(found)} frames")
 
@@ -251,7 +281,9 @@ def extract_source(source: dict, out_dir: Path, data_cfg: DataConfig, extract_cf
                    interpolated_frames=int(interpolated.sum()), multi_face_frames=int((n_faces[start:end] > 1).sum()))
         if row["multi_face_frames"]:
             row["reason"] = f"{row['multi_face_frames']} frames showed several faces; the largest, most central was used"
-        _save_clip(out_dir, clip_id, row, piece_landmarks, found[start:end], interpolated, n_faces[start:end], piece_audio)
+        piece_extras = {key: value if key == "blendshape_names" else value[start:end] for key, value in extras.items()}
+        _save_clip(out_dir, clip_id, row, piece_landmarks, found[start:end], interpolated, n_faces[start:end],
+                   piece_audio, reference, piece_extras)
         rows.append(row)
     for start, end, reason in skipped:
         rows.append(dict(common, clip_id="", start=round(start / fps, 4), end=round(end / fps, 4), n_frames=end - start,
@@ -326,6 +358,11 @@ def extract_store(raw_dir: str | Path, out_dir: str | Path, data_cfg: DataConfig
     out_dir.mkdir(parents=True, exist_ok=True)
     index, count = shard
     settings = settings_key(data_cfg, extract_cfg)
+    for needed in (extract_cfg.task_file if extract_cfg.extractor == "tasks" else "", extract_cfg.canonical_model):
+        if needed and not Path(needed).is_file():  # a setting error, not a per-file one: stop before any work
+            raise FileNotFoundError(f"{needed} does not exist (extract.task_file / extract.canonical_model)")
+    if extract_cfg.extractor == "tasks" and not extract_cfg.task_file:
+        raise FileNotFoundError("extract.extractor=tasks needs extract.task_file: the path to a FaceLandmarker .task file")
     sources = [s for number, s in enumerate(find_sources(raw_dir)) if number % count == index]
     jobs = [(s, out_dir, data_cfg, extract_cfg) for s in sources if not _is_done(out_dir, s, settings)]
     started = time.time()

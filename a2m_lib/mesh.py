@@ -91,14 +91,7 @@ class FaceTracker:
             return None, 0
         height, width = frame_rgb.shape[:2]
         faces = [landmarks_to_array(face, width, height) for face in result.multi_face_landmarks]
-        centres = np.array([face[:, :2].mean(0) for face in faces])
-        if self._previous_centre is not None:
-            chosen = int(np.argmin(np.linalg.norm(centres - self._previous_centre, axis=1)))
-        else:
-            areas = np.array([np.prod(np.ptp(face[:, :2], axis=0)) for face in faces])
-            off_centre = np.linalg.norm(centres - (width / 2, height / 2), axis=1) / np.hypot(width, height)
-            chosen = int(np.argmax(areas * (1 - off_centre)))
-        self._previous_centre = centres[chosen]
+        chosen, self._previous_centre = choose_face(faces, width, height, self._previous_centre)
         return faces[chosen], len(faces)
 
     def __call__(self, frame_rgb: np.ndarray) -> np.ndarray | None:
@@ -114,6 +107,88 @@ class FaceTracker:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def choose_face(faces: list[np.ndarray], width: int, height: int, previous_centre: np.ndarray | None):
+    """Index of the face to keep, and its centre: nearest to the previous one, else the largest, most central."""
+    centres = np.array([face[:, :2].mean(0) for face in faces])
+    if previous_centre is not None:
+        chosen = int(np.argmin(np.linalg.norm(centres - previous_centre, axis=1)))
+    else:
+        areas = np.array([np.prod(np.ptp(face[:, :2], axis=0)) for face in faces])
+        off_centre = np.linalg.norm(centres - (width / 2, height / 2), axis=1) / np.hypot(width, height)
+        chosen = int(np.argmax(areas * (1 - off_centre)))
+    return chosen, centres[chosen]
+
+
+class TasksTracker:
+    """The MediaPipe Tasks FaceLandmarker (VIDEO mode) from a user-supplied .task file.
+
+    `track(frame_rgb)` -> (landmarks (478, 3) pixels or None, faces seen, blendshapes (52,) or None,
+    facial transformation matrix (4, 4) or None). Frames must come in order at `fps`.
+    """
+
+    def __init__(self, task_file: str | Path, fps: float, max_faces: int = 1, min_detection_confidence: float = 0.5,
+                 min_tracking_confidence: float = 0.5):
+        from mediapipe.tasks import python as tasks
+        from mediapipe.tasks.python import vision
+
+        if not Path(task_file).is_file():
+            raise FileNotFoundError(
+                f"extract.task_file '{task_file}' does not exist; download face_landmarker_v2_with_blendshapes.task "
+                "from MediaPipe and point extract.task_file at it, or use extract.extractor=facemesh")
+        options = vision.FaceLandmarkerOptions(
+            base_options=tasks.BaseOptions(model_asset_path=str(task_file)), running_mode=vision.RunningMode.VIDEO,
+            num_faces=max_faces, min_face_detection_confidence=min_detection_confidence,
+            min_tracking_confidence=min_tracking_confidence, output_face_blendshapes=True,
+            output_facial_transformation_matrixes=True)
+        self._landmarker = vision.FaceLandmarker.create_from_options(options)
+        self._frame_ms = 1000.0 / fps
+        self._frames_seen = 0
+        self._previous_centre: np.ndarray | None = None
+        self.blendshape_names: list[str] = []
+
+    def track(self, frame_rgb: np.ndarray):
+        image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(frame_rgb))
+        result = self._landmarker.detect_for_video(image, int(round(self._frames_seen * self._frame_ms)))
+        self._frames_seen += 1
+        if not result.face_landmarks:
+            self._previous_centre = None
+            return None, 0, None, None
+        height, width = frame_rgb.shape[:2]
+        scale = np.array([width, height, width], np.float32)
+        faces = [np.array([[p.x, p.y, p.z] for p in face], np.float32) * scale for face in result.face_landmarks]
+        chosen, self._previous_centre = choose_face(faces, width, height, self._previous_centre)
+        categories = result.face_blendshapes[chosen]
+        self.blendshape_names = [c.category_name for c in categories]
+        blendshapes = np.array([c.score for c in categories], np.float32)
+        matrix = np.asarray(result.facial_transformation_matrixes[chosen], np.float32)
+        return faces[chosen], len(faces), blendshapes, matrix
+
+    def close(self) -> None:
+        self._landmarker.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def load_canonical_model(path: str | Path, n_points: int = N_LANDMARKS_REFINED) -> np.ndarray:
+    """MediaPipe's canonical face model (.obj, cm, y up, z towards the viewer) as a pose-removal reference
+    in this module's axes (y down, z away), (n_points, 3). Points the file lacks (the iris) are 0: the
+    fit uses STABLE_VERTICES only."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"canonical model {path} does not exist; point extract.canonical_model at "
+                                "MediaPipe's canonical_face_model.obj, or leave it empty for the built-in reference")
+    vertices = np.array([[float(v) for v in line.split()[1:4]] for line in path.read_text().splitlines()
+                         if line.startswith("v ")], np.float32)
+    reference = np.zeros((n_points, 3), np.float32)
+    count = min(len(vertices), n_points)
+    reference[:count] = vertices[:count] * np.array([1, -1, -1], np.float32)
+    return reference
 
 
 def fit_similarity(source: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:

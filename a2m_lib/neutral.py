@@ -23,7 +23,7 @@ from scipy.spatial.transform import Rotation
 
 from . import extract, mesh
 
-SCORE_WEIGHTS = {"mouth": 1.0, "energy": 1.0, "eyes": 0.5, "pose": 0.5, "motion": 0.5}
+SCORE_WEIGHTS = {"mouth": 1.0, "energy": 1.0, "eyes": 0.5, "pose": 0.5, "motion": 0.5, "blendshapes": 1.0}
 
 
 def frame_features(clips: dict[str, dict]) -> pd.DataFrame:
@@ -44,6 +44,11 @@ def frame_features(clips: dict[str, dict]) -> pd.DataFrame:
         yaw_pitch_roll = np.full((len(meshes), 3), np.nan)
         if found.any():
             yaw_pitch_roll[found] = Rotation.from_matrix(clip["pose_rotation"][found]).as_euler("yxz", degrees=True)
+        columns = {}
+        if "blendshapes" in clip:  # tasks extractor: expression scores straight from MediaPipe
+            names = list(clip["blendshape_names"])
+            expressive = [i for i, name in enumerate(names) if name != "_neutral"]
+            columns["blendshape_energy"] = clip["blendshapes"][:, expressive].sum(1)
         rows.append(pd.DataFrame({
             "clip_id": clip_id,
             "frame": np.arange(len(meshes)),
@@ -53,6 +58,7 @@ def frame_features(clips: dict[str, dict]) -> pd.DataFrame:
             # rotation image -> canonical; its angle is the head's deviation from the reference pose
             "head_angle_deg": np.linalg.norm(yaw_pitch_roll, axis=-1),
             "motion": velocity,
+            **columns,
         })[found])
     return pd.concat(rows, ignore_index=True).dropna()
 
@@ -71,6 +77,8 @@ def score_frames(features: pd.DataFrame) -> pd.DataFrame:
                        + SCORE_WEIGHTS["eyes"] * (1 - rank["eye_opening"])
                        + SCORE_WEIGHTS["pose"] * rank["head_angle_deg"]
                        + SCORE_WEIGHTS["motion"] * rank["motion"])
+    if "blendshape_energy" in features:
+        scored["score"] += SCORE_WEIGHTS["blendshapes"] * features["blendshape_energy"].rank(pct=True)
     return scored.sort_values("score").reset_index(drop=True)
 
 

@@ -52,3 +52,39 @@ def test_audio_shifted_by_five_frames_is_flagged(real_store):
     row = table.loc["shifted_GRID_bbaf2n"]
     assert abs(row.av_offset_frames - SHIFT_FRAMES) <= 1, row.to_dict()
     assert row.status == "fail" and "offset" in row.reason
+
+
+def test_tasks_backend_adds_blendshapes_and_a_metric_pose_free_mesh(tmp_path, cfg):
+    from dataclasses import replace
+
+    import numpy as np
+
+    from a2m_lib import mesh, neutral
+
+    clip_path, task_file, canonical = require_eval_media(
+        "v-express/AOC_gt.mp4", "mediapipe/face_landmarker_v2_with_blendshapes.task", "mediapipe/canonical_face_model.obj")
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "aoc.mp4").symlink_to(clip_path)
+    tasks_cfg = replace(cfg.extract, extractor="tasks", task_file=str(task_file), canonical_model=str(canonical))
+    manifest = extract.extract_store(tmp_path / "raw", tmp_path / "out", cfg.data, tasks_cfg, progress=False)
+    assert manifest.status.tolist() == ["ok"], manifest.reason.tolist()
+    clip = extract.load_clip(tmp_path / "out", "aoc")
+    n_frames = len(clip["mesh"])
+    assert clip["blendshapes"].shape == (n_frames, 52) and clip["transformation_matrix"].shape == (n_frames, 4, 4)
+    assert "jawOpen" in list(clip["blendshape_names"]) and clip["face_found"].mean() > 0.95
+    reference = mesh.load_canonical_model(canonical)
+    error = np.linalg.norm(clip["mesh"][:, mesh.STABLE_VERTICES] - reference[mesh.STABLE_VERTICES], axis=-1)
+    assert np.nanmedian(error) < 0.5  # cm: the stable points sit on the canonical model
+    jaw = list(clip["blendshape_names"]).index("jawOpen")
+    opening = mesh.mouth_opening(clip["mesh"])
+    assert np.corrcoef(clip["blendshapes"][:, jaw], opening)[0, 1] > 0.5  # the mesh and the blendshape agree
+    features = neutral.frame_features({"aoc": clip})
+    assert "blendshape_energy" in features and len(neutral.score_frames(features)) > 0.9 * n_frames
+
+
+def test_tasks_backend_without_a_task_file_is_a_clear_error(tmp_path, cfg):
+    from dataclasses import replace
+
+    (tmp_path / "raw").mkdir()
+    with pytest.raises(FileNotFoundError, match="task_file"):
+        extract.extract_store(tmp_path / "raw", tmp_path / "out", cfg.data, replace(cfg.extract, extractor="tasks"))
