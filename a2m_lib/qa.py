@@ -79,6 +79,7 @@ def estimate_av_offset(mouth: np.ndarray, energies: np.ndarray, max_lag: int = M
     overlap that shrinks with the lag would favour the extreme lags), and scores are smoothed over
     neighbouring lags. Confidence: the peak's height above the other lags in their standard deviations.
     """
+    # Ridge regression written out with numpy (three lines) rather than adding scikit-learn for it.
     mouth = mouth.reshape(len(mouth), -1)
     frames = np.arange(max_lag, len(mouth) - max_lag)
     scores = []
@@ -189,16 +190,16 @@ def accepted_clips(processed: str | Path) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------------- plots
 
-def plot_summary(report: QAReport):
+def plot_summary(report: QAReport, fps: float = 30.0):
     """Histograms of A/V offsets and clip lengths, coloured by status."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
     table = report.table
     for status, colour in (("pass", "tab:green"), ("fail", "tab:red")):
         part = table[table.status == status]
         axes[0].hist(part.av_offset_frames, bins=np.arange(-15.5, 16.5), color=colour, alpha=0.7, label=status)
-        axes[1].hist(part.n_frames / 30.0, bins=20, color=colour, alpha=0.7, label=status)
+        axes[1].hist(part.n_frames / fps, bins=20, color=colour, alpha=0.7, label=status)
     axes[0].set(xlabel="audio/video offset (frames, + = audio late)", ylabel="clips")
-    axes[1].set(xlabel="clip length (s, at 30 fps)", ylabel="clips")
+    axes[1].set(xlabel="clip length (s)", ylabel="clips")
     axes[0].legend()
     fig.tight_layout()
     return fig
