@@ -92,14 +92,27 @@ def load_speaker_clips(processed: str | Path, accepted: pd.DataFrame) -> dict[st
 
 def rank_candidates(processed: str | Path, accepted: pd.DataFrame, top_k: int | None = None,
                     clips: dict | None = None) -> pd.DataFrame:
-    """Scored frames of every speaker, best first within each speaker; `top_k` per speaker if given."""
+    """Scored frames of every speaker, best first within each speaker; with `top_k`, that many distinct
+    moments per speaker (see _spread_out)."""
     clips = clips or load_speaker_clips(processed, accepted)
     tables = []
     for speaker, speaker_clips in clips.items():
         ranked = score_frames(frame_features(speaker_clips))
         ranked.insert(0, "speaker", speaker)
-        tables.append(ranked.head(top_k) if top_k else ranked)
+        tables.append(_spread_out(ranked, top_k) if top_k else ranked)
     return pd.concat(tables, ignore_index=True)
+
+
+def _spread_out(ranked: pd.DataFrame, top_k: int, min_gap_frames: int = 15) -> pd.DataFrame:
+    """The best `top_k` rows, skipping frames within `min_gap_frames` of a better one in the same clip,
+    so the candidates shown are different moments rather than neighbours of one frame."""
+    kept: list[int] = []
+    for index, row in enumerate(ranked.itertuples()):
+        if all(ranked.clip_id.iat[k] != row.clip_id or abs(ranked.frame.iat[k] - row.frame) >= min_gap_frames for k in kept):
+            kept.append(index)
+            if len(kept) == top_k:
+                break
+    return ranked.iloc[kept]
 
 
 def save_neutral(path: str | Path, neutral_mesh: np.ndarray, speaker: str, clip_id: str, frame: int,
