@@ -390,11 +390,7 @@ def plot_clip(processed: str | Path, clip_id: str):
     clip = load_clip(processed, clip_id)
     meta = clip["meta"]
     frame_index = int(np.argmax(clip["face_found"]))
-    frame = None
-    for index, image in enumerate(media.iter_frames(meta["source"], meta["fps"])):
-        if index == frame_index + int(round(float(meta["start"]) * float(meta["fps"]))):
-            frame = image
-            break
+    frame = media.read_frame(meta["source"], float(meta["start"]) + frame_index / float(meta["fps"]))
     fig, axes = plt.subplots(1, 4, figsize=(15, 3.6), gridspec_kw={"width_ratios": [1, 1, 1, 2]})
     if frame is not None:
         axes[0].imshow(frame)

@@ -232,3 +232,16 @@ def test_second_face_is_recorded_and_the_main_face_kept(tmp_path, cfg):
     assert clip["n_faces"][:30].max() == 1 and clip["n_faces"][75:].min() == 2
     centres = np.nanmean(clip["landmarks_image"][..., :2], axis=1)
     assert clip["face_found"].all() and (centres[:, 0] > 250).all(), "stays on the big, central face"
+
+
+def test_variable_frame_rate_is_resampled_by_timestamp(synthetic_raw, tmp_path, cfg):
+    source = sorted(synthetic_raw.rglob("*.mp4"))[1]
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    # Keep every other frame of the first 2 s only (15 fps there, 30 fps after), timestamps untouched.
+    ffmpeg("-i", source, "-vf", "select='gte(n,60)+not(mod(n,2))'", "-fps_mode", "vfr", "-c:a", "copy", raw / "vfr.mp4")
+    n_source = sum(1 for _ in media.iter_frames(source, 30))
+    manifest = extract.extract_store(raw, tmp_path / "out", cfg.data, cfg.extract, progress=False)
+    assert manifest.n_frames.iloc[0] == n_source  # not n_source - 30: frames are placed by time
+    row = qa.check_store(tmp_path / "out", cfg.qa, cfg.data.sample_rate).table.iloc[0]
+    assert row.status == "pass" and abs(row.av_offset_frames) <= 1, row.to_dict()
