@@ -209,7 +209,8 @@ def plot_neutrals(neutral_dir: str | Path):
         row[0].scatter(shape[:, 0], shape[:, 1], s=0.5)
         row[0].scatter(*shape[mesh.LIP_VERTICES][:, :2].T, s=3, color="tab:red")
         row[1].scatter(shape[:, 2], shape[:, 1], s=0.5)
-        row[0].set_title(f"{saved['speaker']}: {saved['clip_id']}:{saved['frame']} ({saved['chosen_by']})", fontsize=9)
+        row[0].set_title(f"{saved['speaker']}: {saved['clip_id']}:{saved['frame']} ({saved['chosen_by']}), front", fontsize=9)
+        row[1].set_title("side", fontsize=9)
         for axis in row:
             axis.set_aspect("equal")
             axis.invert_yaxis()
