@@ -29,7 +29,7 @@ from pathlib import Path
 
 import mediapipe as mp
 
-from a2m_lib import extract, media, mesh
+from a2m_lib import extract, media
 from a2m_lib.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]

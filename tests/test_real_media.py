@@ -1,7 +1,6 @@
 """Extraction and QA on real talking-head clips from ../shared/eval_media (skipped when absent)."""
 import subprocess
 
-import pandas as pd
 import pytest
 
 from a2m_lib import extract, media, qa
