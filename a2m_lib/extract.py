@@ -114,38 +114,57 @@ def _tracker(fps: float, cfg: ExtractConfig):
                             cfg.max_faces)
 
 
-def track_video(path: Path, fps: float, extract_cfg: ExtractConfig):
-    """Stream frames at `fps` through the face tracker.
+def track_video(path: Path, fps: float, extract_cfg: ExtractConfig, spool: Path):
+    """Stream frames at `fps` through the face tracker, spooling landmarks to disk.
 
-    Returns (T, N, 3) landmarks in source pixels (NaN where no face), (T,) found, (T,) number of faces,
-    and extras: for the tasks extractor, blendshapes (T, 52), transformation_matrix (T, 4, 4) and
-    blendshape_names; empty for facemesh.
+    Landmarks go to the file `spool` as they come (5.7 kB a frame) and are read back clip by clip
+    (SpooledLandmarks), so memory does not grow with the video's length. Returns the (T, N, 3) landmarks
+    in source pixels (NaN where no face), (T,) found, (T,) number of faces, and extras: for the tasks extractor,
+    blendshapes (T, 52), transformation_matrix (T, 4, 4) and blendshape_names; empty for facemesh.
     """
-    landmarks, n_faces, blendshapes, matrices = [], [], [], []
+    n_faces, blendshapes, matrices = [], [], []
     tasks = extract_cfg.extractor == "tasks"
     n_points = mesh.N_LANDMARKS_REFINED if extract_cfg.refine_landmarks or tasks else mesh.N_LANDMARKS
     missing = np.full((n_points, 3), np.nan, np.float32)
-    with _tracker(fps, extract_cfg) as tracker:
+    spool.parent.mkdir(parents=True, exist_ok=True)
+    with _tracker(fps, extract_cfg) as tracker, open(spool, "wb") as spooled:
         for frame in media.iter_frames(path, fps):
             height, width = frame.shape[:2]
             shrink = min(1.0, extract_cfg.max_side_px / max(height, width))
             if shrink < 1:
                 frame = cv2.resize(frame, None, fx=shrink, fy=shrink, interpolation=cv2.INTER_AREA)
             points, count, *task_outputs = tracker.track(frame)
-            landmarks.append(missing if points is None else points / shrink)
+            spooled.write((missing if points is None else (points / shrink).astype(np.float32)).tobytes())
             n_faces.append(count)
             if tasks:
                 blendshapes.append(task_outputs[0] if points is not None else np.full(52, np.nan, np.float32))
                 matrices.append(task_outputs[1] if points is not None else np.full((4, 4), np.nan, np.float32))
         names = getattr(tracker, "blendshape_names", [])
-    if not landmarks:
+    if not n_faces:
         raise ExtractionError("no video frames could be decoded")
     extras = {}
     if tasks:
         extras = dict(blendshapes=np.stack(blendshapes), transformation_matrix=np.stack(matrices),
                       blendshape_names=np.array(names))
     n_faces = np.array(n_faces)
-    return np.stack(landmarks).astype(np.float32), n_faces > 0, n_faces, extras
+    return SpooledLandmarks(spool, len(n_faces), n_points), n_faces > 0, n_faces, extras
+
+
+class SpooledLandmarks:
+    """Landmarks spooled to a file, read back a slice of frames at a time: `spooled[start:end]` -> array.
+
+    Plain reads rather than np.memmap: pages of a mapping count towards the process's resident memory
+    once touched, and every frame gets touched on the way to its clip.
+    """
+
+    def __init__(self, path: Path, n_frames: int, n_points: int):
+        self.path, self.shape = path, (n_frames, n_points, 3)
+
+    def __getitem__(self, frames: slice) -> np.ndarray:
+        start, stop, _ = frames.indices(self.shape[0])
+        frame_bytes = self.shape[1] * 3 * 4
+        data = np.fromfile(self.path, np.float32, count=(stop - start) * self.shape[1] * 3, offset=start * frame_bytes)
+        return data.reshape(-1, self.shape[1], 3)
 
 
 def frame_energy(audio: np.ndarray, sample_rate: int, fps: float, n_frames: int) -> np.ndarray:
@@ -155,9 +174,15 @@ def frame_energy(audio: np.ndarray, sample_rate: int, fps: float, n_frames: int)
     which would dominate a worker's first clip.
     """
     hop = sample_rate / fps
-    edges = np.round(np.arange(n_frames + 1) * hop).astype(int)
-    padded = np.pad(audio, (0, max(0, edges[-1] - len(audio))))
-    power = np.add.reduceat(padded.astype(np.float64) ** 2, edges[:-1]) / np.diff(edges)
+    starts = np.round(np.arange(n_frames) * hop).astype(int)
+    inside = starts < len(audio)
+    power = np.zeros(n_frames)
+    bounds = np.append(starts[inside], len(audio))
+    for first in range(0, int(inside.sum()), 9000):  # 5 minutes at a time: no full-length temporary
+        block = bounds[first: first + 9001]
+        squares = np.square(audio[block[0]: block[-1]], dtype=np.float32)
+        sums = np.add.reduceat(squares, block[:-1] - block[0]) if len(squares) else np.zeros(len(block) - 1)
+        power[first: first + len(block) - 1] = sums / np.maximum(np.diff(block), 1)
     return np.log(np.sqrt(power) + 1e-5)
 
 
@@ -256,9 +281,19 @@ def extract_source(source: dict, out_dir: Path, data_cfg: DataConfig, extract_cf
     audio = media.read_audio(path, data_cfg.sample_rate)
     if audio.size == 0:
         raise ExtractionError("the audio track decodes to zero samples")
-    if float(np.sqrt(np.mean(audio ** 2))) < 1e-4:
+    if np.sqrt(np.dot(audio, audio) / audio.size) < 1e-4:  # dot: no temporary copy of a long track
         raise ExtractionError("the audio track is silent (RMS < 1e-4)")
-    landmarks, found, n_faces, extras = track_video(path, data_cfg.fps, extract_cfg)
+    spool = out_dir / "tmp" / f"{source['source_key']}.landmarks.f32"
+    try:
+        return _clips_from_tracks(source, out_dir, data_cfg, extract_cfg, source_hash, audio, spool)
+    finally:
+        spool.unlink(missing_ok=True)
+
+
+def _clips_from_tracks(source: dict, out_dir: Path, data_cfg: DataConfig, extract_cfg: ExtractConfig,
+                       source_hash: str, audio: np.ndarray, spool: Path) -> list[dict]:
+    path = source["path"]
+    landmarks, found, n_faces, extras = track_video(path, data_cfg.fps, extract_cfg, spool)
     reference = pose_reference(extract_cfg, landmarks.shape[1])
     if not found.any():
         raise ExtractionError(f"MediaPipe found no face in any of {len(found)} frames")

@@ -48,7 +48,7 @@ def read_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
     proc = subprocess.run(cmd, capture_output=True)
     if proc.returncode != 0:
         raise MediaError(f"{path}: cannot decode audio ({proc.stderr.decode(errors='replace').strip()[-300:]})")
-    return np.frombuffer(proc.stdout, dtype=np.float32).copy()
+    return np.frombuffer(proc.stdout, dtype=np.float32)  # read-only view of the bytes: no second copy
 
 
 def iter_frames(path: str | Path, fps: float, prefetch: int = 16) -> Iterator[np.ndarray]:
