@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 def demo_run(synthetic_raw, tmp_path_factory):
     work = tmp_path_factory.mktemp("run")
     overrides = [f"data.raw={synthetic_raw}", f"data.processed={work / 'processed'}", "train.epochs=40",
-                 "train.batch_size=4"]
+                 "train.batch_size=2"]
     record = runner.run(runner.REPO_ROOT / "configs" / "demo.yaml", work / "runs" / "tiny", overrides, progress=False)
     return work / "runs" / "tiny", record, overrides
 
