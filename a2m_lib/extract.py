@@ -13,6 +13,7 @@ Layout of the clip store (`data.processed`):
     sources/<source>.json   per source: its hash, the settings, and its manifest rows (clips, skipped
                             pieces, or the failure), written last, so it marks the source as done
     manifest.csv            all rows of sources/*.json: one per clip, per skipped piece, per failed source
+    tmp/                    landmarks of the video being tracked, spooled to disk (deleted when done)
 
 A source whose record has the same source hash and extractor settings is skipped, so an interrupted
 extraction resumes where it stopped, and shards run on several machines merge by copying folders.
