@@ -359,9 +359,13 @@ def load_clip(out_dir: str | Path, clip_id: str) -> dict:
     path = Path(out_dir) / "clips" / f"{clip_id}.npz"
     if not path.exists():
         raise FileNotFoundError(f"clip {path} does not exist; re-run extraction (notebook 01) for {out_dir}")
-    with np.load(path) as data:
-        clip = {key: data[key] for key in data.files}
-    clip["meta"] = json.loads(str(clip["meta"]))
+    try:
+        with np.load(path) as data:
+            clip = {key: data[key] for key in data.files}
+        clip["meta"] = json.loads(str(clip["meta"]))
+    except Exception as error:  # noqa: BLE001 - any unreadable file gets the same advice
+        raise ValueError(f"clip file {path} is unreadable ({type(error).__name__}: {error}); delete it and "
+                         f"re-run extraction, which redoes only what is missing") from error
     return clip
 
 

@@ -2,7 +2,8 @@
 
     a2m run --config configs/demo.yaml --run-dir runs/demo -p train.lr=1e-4 [--from 04 | --only 05]
 
-Each executed notebook is written to runs/<id>/notebooks/. runs/<id>/run.json is rewritten after every
+Each executed notebook is written to runs/<id>/notebooks/, the resolved config to runs/<id>/config.yaml
+(`a2m run --config runs/<id>/config.yaml` repeats the run). runs/<id>/run.json is rewritten after every
 notebook, so a crash leaves an accurate record: the resolved config, seed, git commit, package
 versions, start/end times, each notebook's status and duration, the input manifest's hash, and the
 neutral used for each speaker.
@@ -21,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import papermill
+import yaml
 from papermill.exceptions import PapermillExecutionError
 
 from . import media
@@ -103,6 +105,8 @@ def run(config_path: str | Path, run_dir: str | Path | None = None, overrides=No
     )
     record.setdefault("notebooks", {})
     media.write_json_atomic(record_path, record)
+    # The resolved config on its own, so that `a2m run --config runs/<id>/config.yaml` repeats this run.
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     # The kernel must be this environment's Python, also when the venv is not activated.
     os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
     parameters = dict(config_path=str(Path(config_path).resolve()), run_dir=str(run_dir.resolve()), overrides=overrides)

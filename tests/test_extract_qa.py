@@ -245,3 +245,10 @@ def test_variable_frame_rate_is_resampled_by_timestamp(synthetic_raw, tmp_path, 
     assert manifest.n_frames.iloc[0] == n_source  # not n_source - 30: frames are placed by time
     row = qa.check_store(tmp_path / "out", cfg.qa, cfg.data.sample_rate).table.iloc[0]
     assert row.status == "pass" and abs(row.av_offset_frames) <= 1, row.to_dict()
+
+
+def test_an_unreadable_clip_file_names_itself_and_the_fix(tmp_path):
+    (tmp_path / "clips").mkdir()
+    (tmp_path / "clips" / "broken.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(ValueError, match=r"broken.npz is unreadable.*re-run extraction"):
+        extract.load_clip(tmp_path, "broken")

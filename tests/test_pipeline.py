@@ -38,6 +38,8 @@ def test_all_notebooks_run_and_leave_a_record(demo_run):
             f"{name} shows no plot or table"
     for fixed in ("checkpoints/last.pt", "checkpoints/best.pt", "neutral/spk0.npz", "neutral/spk1.npz", "metrics.json"):
         assert (run_dir / fixed).exists(), fixed
+    from a2m_lib.config import config_from_dict, load_config
+    assert load_config(run_dir / "config.yaml") == config_from_dict(saved["config"])  # the run can be repeated
 
 
 def test_the_model_beats_the_neutral_baseline(demo_run):
