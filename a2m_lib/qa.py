@@ -53,8 +53,13 @@ def _interpolate_nan(values: np.ndarray) -> np.ndarray:
 
 
 def band_energies(audio: np.ndarray, sample_rate: int, fps: float, n_frames: int, n_bands: int = 8) -> np.ndarray:
-    """Log mel-band energies (80-4000 Hz) per video frame, (n_frames, n_bands)."""
+    """Log mel-band energies (80-4000 Hz) per video frame, (n_frames, n_bands).
+
+    librosa centres frame k at k * hop; video frame k is centred at (k + 0.5) * hop, so the audio is
+    advanced by half a hop first. Without that, every lag came out half a frame late.
+    """
     hop = int(round(sample_rate / fps))
+    audio = audio[hop // 2:]
     power = librosa.feature.melspectrogram(y=audio, sr=sample_rate, n_fft=1024, hop_length=hop, n_mels=n_bands,
                                            fmin=80, fmax=min(4000, sample_rate // 2))
     energies = np.log(power + 1e-6).T
