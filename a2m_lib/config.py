@@ -104,9 +104,8 @@ class Config:
         return dataclasses.asdict(self)
 
 
-def _coerce(value: Any, annotation: Any, key: str) -> Any:
-    """Check one leaf value against its annotation; ints are accepted where floats are expected."""
-    kind = {"str": str, "int": int, "float": float, "bool": bool}.get(annotation, annotation)
+def _coerce(value: Any, kind: type, key: str) -> Any:
+    """Check one leaf value against its type; ints are accepted where floats are expected."""
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -135,7 +134,7 @@ def _build(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
                 raise ConfigError(f"config key '{dotted}' is a section; give it a mapping, not {value!r}")
             kwargs[key] = _build(hint_type, value, dotted + ".")
         else:
-            kwargs[key] = _coerce(value, hint_type.__name__ if isinstance(hint_type, type) else hint_type, dotted)
+            kwargs[key] = _coerce(value, hint_type, dotted)
     return cls(**kwargs)
 
 

@@ -32,7 +32,6 @@ def probe_streams(path: str | Path) -> dict:
     return {
         "has_video": " Video: " in text,
         "has_audio": " Audio: " in text,
-        "ffmpeg_log": text,
     }
 
 

@@ -173,8 +173,8 @@ def resolve(processed: str | Path, accepted: pd.DataFrame, choice: str, out_dir:
     rows = []
     for speaker, speaker_clips in clips.items():
         existing = out_dir / f"{speaker}.npz"
-        if speaker not in fixed and choice == "auto" and existing.exists() and load_neutral(existing)["chosen_by"] == "manual":
-            saved = load_neutral(existing)  # a choice made in the picker outlives re-running the notebook
+        saved = load_neutral(existing) if speaker not in fixed and choice == "auto" and existing.exists() else None
+        if saved is not None and saved["chosen_by"] == "manual":  # a picker choice outlives re-running the notebook
             rows.append(dict(speaker=speaker, clip_id=saved["clip_id"], frame=saved["frame"], chosen_by="manual (kept)",
                              score=float("nan"), path=str(existing)))
             continue
