@@ -27,9 +27,11 @@ import concurrent.futures as futures
 import hashlib
 import json
 import multiprocessing
+import queue
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import cv2
 import numpy as np
@@ -49,6 +51,7 @@ CLIP_KEYS = {
     "face_found": "(T,) bool, MediaPipe found a face in this frame",
     "interpolated": "(T,) bool, landmarks interpolated across a short detection gap",
     "n_faces": "(T,) int, faces seen; the largest, most central one was used",
+    "repeated": "(T,) bool, the frame repeats the previous one (source frame rate below data.fps); landmarks copied",
     "pose_scale": "(T,) float32, image -> mesh: mesh = scale * R @ landmark + t",
     "pose_rotation": "(T, 3, 3) float32 R",
     "pose_translation": "(T, 3) float32 t",
@@ -115,37 +118,45 @@ def _tracker(fps: float, cfg: ExtractConfig):
                             cfg.max_faces)
 
 
-def track_video(path: Path, fps: float, extract_cfg: ExtractConfig, spool: Path):
-    """Stream frames at `fps` through the face tracker, spooling landmarks to disk.
+def track_video(frames: media.FrameReader, fps: float, extract_cfg: ExtractConfig, spool: Path):
+    """Run the face tracker over a video's frames (a started FrameReader), spooling landmarks to disk.
 
     Landmarks go to the file `spool` as they come (5.7 kB a frame) and are read back clip by clip
-    (SpooledLandmarks), so memory does not grow with the video's length. Returns the (T, N, 3) landmarks
-    in source pixels (NaN where no face), (T,) found, (T,) number of faces, and extras: for the tasks extractor,
-    blendshapes (T, 52), transformation_matrix (T, 4, 4) and blendshape_names; empty for facemesh.
+    (SpooledLandmarks), so memory does not grow with the video's length. A frame whose pixels repeat the
+    previous frame's (a 25 fps source at 30 fps) gets the previous frame's result instead of a second
+    tracker call: the face did not move, so neither do its landmarks.
+    Returns the (T, N, 3) landmarks in source pixels (NaN where no face), (T,) found, (T,) number of faces,
+    and extras: `repeated` (T,), plus for the tasks extractor blendshapes (T, 52), transformation_matrix
+    (T, 4, 4) and blendshape_names.
     """
-    n_faces, blendshapes, matrices = [], [], []
+    n_faces, repeats, blendshapes, matrices = [], [], [], []
     tasks = extract_cfg.extractor == "tasks"
     n_points = mesh.N_LANDMARKS_REFINED if extract_cfg.refine_landmarks or tasks else mesh.N_LANDMARKS
     missing = np.full((n_points, 3), np.nan, np.float32)
+    no_blendshapes, no_matrix = np.full(52, np.nan, np.float32), np.full((4, 4), np.nan, np.float32)
     spool.parent.mkdir(parents=True, exist_ok=True)
     with _tracker(fps, extract_cfg) as tracker, open(spool, "wb") as spooled:
-        for frame in media.iter_frames(path, fps):
-            height, width = frame.shape[:2]
-            shrink = min(1.0, extract_cfg.max_side_px / max(height, width))
-            if shrink < 1:
-                frame = cv2.resize(frame, None, fx=shrink, fy=shrink, interpolation=cv2.INTER_AREA)
-            points, count, *task_outputs = tracker.track(frame)
-            spooled.write((missing if points is None else (points / shrink).astype(np.float32)).tobytes())
+        for frame, repeated in frames:
+            repeated = repeated and bool(n_faces)
+            if not repeated:
+                height, width = frame.shape[:2]
+                shrink = min(1.0, extract_cfg.max_side_px / max(height, width))
+                if shrink < 1:
+                    frame = cv2.resize(frame, None, fx=shrink, fy=shrink, interpolation=cv2.INTER_AREA)
+                points, count, *task_outputs = tracker.track(frame)
+                row = (missing if points is None else (points / shrink).astype(np.float32)).tobytes()
+            spooled.write(row)
             n_faces.append(count)
+            repeats.append(repeated)
             if tasks:
-                blendshapes.append(task_outputs[0] if points is not None else np.full(52, np.nan, np.float32))
-                matrices.append(task_outputs[1] if points is not None else np.full((4, 4), np.nan, np.float32))
+                blendshapes.append(task_outputs[0] if points is not None else no_blendshapes)
+                matrices.append(task_outputs[1] if points is not None else no_matrix)
         names = getattr(tracker, "blendshape_names", [])
     if not n_faces:
         raise ExtractionError("no video frames could be decoded")
-    extras = {}
+    extras = {"repeated": np.array(repeats)}
     if tasks:
-        extras = dict(blendshapes=np.stack(blendshapes), transformation_matrix=np.stack(matrices),
+        extras.update(blendshapes=np.stack(blendshapes), transformation_matrix=np.stack(matrices),
                       blendshape_names=np.array(names))
     n_faces = np.array(n_faces)
     return SpooledLandmarks(spool, len(n_faces), n_points), n_faces > 0, n_faces, extras
@@ -267,10 +278,8 @@ def _save_clip(out_dir: Path, clip_id: str, row: dict, landmarks: np.ndarray, fo
     tmp.replace(clips_dir / f"{clip_id}.npz")
 
 
-def extract_source(source: dict, out_dir: Path, data_cfg: DataConfig, extract_cfg: ExtractConfig,
-                   source_hash: str) -> list[dict]:
-    """Extract one source video into clips/<clip_id>.npz; return its manifest rows. Raises ExtractionError."""
-    path = source["path"]
+def checked_audio(path: Path, data_cfg: DataConfig) -> np.ndarray:
+    """The source's audio at data.sample_rate, after checking that it has the streams a clip needs."""
     try:
         streams = media.probe_streams(path)
     except media.MediaError as error:
@@ -284,17 +293,92 @@ def extract_source(source: dict, out_dir: Path, data_cfg: DataConfig, extract_cf
         raise ExtractionError("the audio track decodes to zero samples")
     if np.sqrt(np.dot(audio, audio) / audio.size) < 1e-4:  # dot: no temporary copy of a long track
         raise ExtractionError("the audio track is silent (RMS < 1e-4)")
+    return audio
+
+
+def _error_reason(error: Exception) -> str:
+    if isinstance(error, (ExtractionError, media.MediaError)):
+        return str(error)
+    return f"{type(error).__name__}: {error}"  # any other failure is recorded per file, with its type
+
+
+def _prepare(job: tuple) -> dict:
+    """What can start before the previous source is done: its hash, stream checks, audio and frame decoder.
+
+    Never raises; a failure comes back as `error`, to be recorded against the file.
+    """
+    source, _, data_cfg, _ = job
+    prepared = dict(job=job, source_hash="", audio=None, frames=None, error=None)
+    try:
+        prepared["source_hash"] = file_hash(source["path"])
+        prepared["audio"] = checked_audio(source["path"], data_cfg)
+        prepared["frames"] = media.FrameReader(source["path"], data_cfg.fps)
+    except Exception as error:  # noqa: BLE001 - see _error_reason
+        prepared["error"] = _error_reason(error)
+    return prepared
+
+
+def _extract_prepared(prepared: dict) -> list[dict]:
+    """Track, cut and save one prepared source; write its record last. Never raises: one bad file cannot stop the others."""
+    source, out_dir, data_cfg, extract_cfg = prepared["job"]
     spool = out_dir / "tmp" / f"{source['source_key']}.landmarks.f32"
     try:
-        return _clips_from_tracks(source, out_dir, data_cfg, extract_cfg, source_hash, audio, spool)
+        if prepared["error"]:
+            raise ExtractionError(prepared["error"])
+        rows = _clips_from_tracks(source, out_dir, data_cfg, extract_cfg, prepared["source_hash"],
+                                  prepared["audio"], prepared["frames"], spool)
+    except Exception as error:  # noqa: BLE001 - see _error_reason
+        rows = [_failure_row(source, data_cfg, extract_cfg, prepared["source_hash"], _error_reason(error))]
     finally:
         spool.unlink(missing_ok=True)
+        if prepared["frames"] is not None:
+            prepared["frames"].close()
+    record = dict(source=str(source["path"]), source_hash=prepared["source_hash"],
+                  settings=settings_key(data_cfg, extract_cfg), rows=rows)
+    (out_dir / "sources").mkdir(parents=True, exist_ok=True)
+    media.write_json_atomic(out_dir / "sources" / f"{source['source_key']}.json", record)
+    return rows
+
+
+def extract_sequence(jobs: Iterable[tuple]) -> Iterator[list[dict]]:
+    """Extract sources one after another, yielding each one's manifest rows.
+
+    While a source is tracked, a helper thread prepares the next (hash, audio, the first decoded frames).
+    Written by hand because a source's start-up (ffmpeg start, audio decode, hashing) costs about 0.1 s,
+    some 40 frames of FaceMesh time at 400 frames/s; overlapped with tracking, it costs almost nothing.
+    """
+    jobs = iter(jobs)
+
+    def prepare_next():
+        job = next(jobs, None)
+        return None if job is None else helper.submit(_prepare, job)
+
+    with futures.ThreadPoolExecutor(1, thread_name_prefix="a2m-prepare") as helper:
+        upcoming = prepare_next()
+        try:
+            while upcoming is not None:
+                prepared = upcoming.result()
+                upcoming = prepare_next()
+                yield _extract_prepared(prepared)
+        finally:  # stopped early: do not leave the next source's decoder running
+            if upcoming is not None and (frames := upcoming.result()["frames"]) is not None:
+                frames.close()
+
+
+def _worker(job_queue, result_queue) -> None:
+    """A worker process: extract sources from the shared queue until it hands out None; send back their rows."""
+    def jobs():
+        while (job := job_queue.get()) is not None:
+            yield job
+
+    for rows in extract_sequence(jobs()):
+        result_queue.put(rows)
 
 
 def _clips_from_tracks(source: dict, out_dir: Path, data_cfg: DataConfig, extract_cfg: ExtractConfig,
-                       source_hash: str, audio: np.ndarray, spool: Path) -> list[dict]:
+                       source_hash: str, audio: np.ndarray, frames: media.FrameReader, spool: Path) -> list[dict]:
     path = source["path"]
-    landmarks, found, n_faces, extras = track_video(path, data_cfg.fps, extract_cfg, spool)
+    landmarks, found, n_faces, extras = track_video(frames, data_cfg.fps, extract_cfg, spool)
     reference = pose_reference(extract_cfg, landmarks.shape[1])
     if not found.any():
         raise ExtractionError(f"MediaPipe found no face in any of {len(found)} frames")
@@ -326,24 +410,6 @@ def _clips_from_tracks(source: dict, out_dir: Path, data_cfg: DataConfig, extrac
                          audio_seconds=np.nan, status="skipped", reason=reason, interpolated_frames=0, multi_face_frames=0))
     if not clips:
         raise ExtractionError("no clip long enough: " + "; ".join(reason for *_, reason in skipped))
-    return rows
-
-
-def _extract_one(job: tuple) -> list[dict]:
-    """Worker entry: never raises, so one bad file cannot stop the others. Writes the source record last."""
-    source, out_dir, data_cfg, extract_cfg = job
-    source_hash = ""
-    try:
-        source_hash = file_hash(source["path"])
-        rows = extract_source(source, out_dir, data_cfg, extract_cfg, source_hash)
-    except (ExtractionError, media.MediaError) as error:
-        rows = [_failure_row(source, data_cfg, extract_cfg, source_hash, str(error))]
-    except Exception as error:  # noqa: BLE001 - any other failure is recorded per file, with its type
-        rows = [_failure_row(source, data_cfg, extract_cfg, source_hash, f"{type(error).__name__}: {error}")]
-    record = dict(source=str(source["path"]), source_hash=source_hash, settings=settings_key(data_cfg, extract_cfg),
-                  rows=rows)
-    (out_dir / "sources").mkdir(parents=True, exist_ok=True)
-    media.write_json_atomic(out_dir / "sources" / f"{source['source_key']}.json", record)
     return rows
 
 
@@ -391,6 +457,41 @@ def write_manifest(out_dir: str | Path) -> pd.DataFrame:
     return manifest
 
 
+def _run_workers(jobs: list[tuple], workers: int, bar) -> list[str]:
+    """Run jobs on `workers` processes that pull from one queue (so long and short videos balance out).
+
+    Returns the sources left unfinished because a worker process died (a crash inside a native library);
+    the other workers carry on with the rest of the queue.
+    """
+    context = multiprocessing.get_context("spawn")  # MediaPipe graphs must not be inherited through fork
+    job_queue, result_queue = context.Queue(), context.Queue()
+    n_processes = min(workers, len(jobs))
+    for job in jobs + [None] * n_processes:
+        job_queue.put(job)
+    processes = [context.Process(target=_worker, args=(job_queue, result_queue), name=f"a2m-extract-{number}")
+                 for number in range(n_processes)]
+    for process in processes:
+        process.start()
+    finished = set()
+    try:
+        while len(finished) < len(jobs):
+            try:
+                rows = result_queue.get(timeout=1.0)
+            except queue.Empty:
+                if not any(process.is_alive() for process in processes):
+                    break
+                continue
+            finished.add(rows[0]["source"])
+            bar.update()
+    finally:
+        for process in processes:
+            if len(finished) == len(jobs):
+                process.join()
+            else:
+                process.terminate()
+    return [str(job[0]["path"]) for job in jobs if str(job[0]["path"]) not in finished]
+
+
 def extract_store(raw_dir: str | Path, out_dir: str | Path, data_cfg: DataConfig, extract_cfg: ExtractConfig,
                   workers: int = 1, shard: tuple[int, int] = (0, 1), progress: bool = True) -> pd.DataFrame:
     """Extract every video under raw_dir (this shard's share) into the clip store; return the manifest."""
@@ -406,16 +507,20 @@ def extract_store(raw_dir: str | Path, out_dir: str | Path, data_cfg: DataConfig
     sources = [s for number, s in enumerate(find_sources(raw_dir)) if number % count == index]
     jobs = [(s, out_dir, data_cfg, extract_cfg) for s in sources if not _is_done(out_dir, s, settings)]
     started = time.time()
-    if workers <= 1:
-        for job in tqdm(jobs, desc="extract", disable=not progress):
-            _extract_one(job)
+    bar = tqdm(total=len(jobs), desc="extract", unit="video", disable=not progress)
+    if workers <= 1 or len(jobs) <= 1:
+        for _ in extract_sequence(jobs):
+            bar.update()
+        unfinished = []
     else:
-        # spawn: MediaPipe graphs must not be inherited through fork
-        context = multiprocessing.get_context("spawn")
-        with futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-            for _ in tqdm(pool.map(_extract_one, jobs), total=len(jobs), desc="extract", disable=not progress):
-                pass
+        unfinished = _run_workers(jobs, workers, bar)
+    bar.close()
     manifest = write_manifest(out_dir)
+    if unfinished:
+        raise RuntimeError(f"an extraction worker process died; {len(unfinished)} source(s) were not finished: "
+                           f"{', '.join(unfinished[:5])}{' ...' if len(unfinished) > 5 else ''}. Everything else is "
+                           "saved: run the same command again to resume, with --workers 1 to see the error of a file "
+                           "that keeps failing")
     if progress:
         counts = manifest.status.value_counts().to_dict()
         print(f"extracted {len(jobs)} new source(s) of {len(sources)} in {time.time() - started:.1f} s; "

@@ -50,46 +50,75 @@ def read_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
     return np.frombuffer(proc.stdout, dtype=np.float32)  # read-only view of the bytes: no second copy
 
 
-def iter_frames(path: str | Path, fps: float, prefetch: int = 16) -> Iterator[np.ndarray]:
-    """Stream RGB frames resampled to `fps` by timestamp (ffmpeg's fps filter), one at a time.
+class FrameReader:
+    """A video's RGB frames, resampled to `fps` by timestamp (ffmpeg's fps filter), decoded ahead in a thread.
 
-    A reader thread keeps up to `prefetch` decoded frames ready, so that ffmpeg's decoding and the pipe
-    transfer overlap with whatever the caller does per frame (FaceMesh), instead of taking turns.
-    Memory stays bounded by `prefetch` frames, whatever the video's length.
+        with FrameReader(path, 30) as frames:
+            for frame, repeated in frames: ...
+
+    Decoding starts when the reader is made, so a reader made for the next video while the current one is
+    being tracked has its first frames ready when they are wanted. `repeated` is True when a frame's pixels
+    equal the previous frame's, which is what the fps filter emits to raise 25 fps to 30: a caller can reuse
+    its previous result instead of computing the same thing again. At most `buffer_mb` of decoded frames
+    (at least 2 frames, at most 16) wait in memory, whatever the video's length.
     """
-    reader = imageio_ffmpeg.read_frames(str(path), output_params=["-vf", f"fps={fps}"])
-    meta = next(reader)
-    width, height = meta["size"]
-    frames: queue.Queue = queue.Queue(maxsize=prefetch)
-    stop = threading.Event()
-    done = object()
 
-    def produce():
+    def __init__(self, path: str | Path, fps: float, buffer_mb: float = 64):
+        self.path = path
+        self._reader = imageio_ffmpeg.read_frames(str(path), output_params=["-vf", f"fps={fps}"])
         try:
-            for raw in reader:
-                if stop.is_set():
-                    break
-                frames.put(raw)
-        except Exception as error:  # noqa: BLE001 - handed to the consumer, which re-raises it
-            frames.put(error)
-        finally:
-            frames.put(done)
+            meta = next(self._reader)
+        except (OSError, RuntimeError) as error:
+            raise MediaError(f"{path}: cannot decode video ({str(error).strip().splitlines()[-1]})") from error
+        self.width, self.height = meta["size"]
+        frame_mb = self.width * self.height * 3 / 2**20
+        self._frames: queue.Queue = queue.Queue(maxsize=int(min(16, max(2, buffer_mb // max(frame_mb, 1e-6)))))
+        self._stop = threading.Event()
+        self._done = object()
+        self._thread = threading.Thread(target=self._produce, daemon=True, name="a2m-decode")
+        self._thread.start()
 
-    thread = threading.Thread(target=produce, daemon=True)
-    thread.start()
-    try:
-        while (item := frames.get()) is not done:
+    def _produce(self) -> None:
+        previous = None
+        try:
+            for raw in self._reader:
+                if self._stop.is_set():
+                    break
+                self._frames.put((raw, raw == previous))  # bytes equality is one memcmp: ~30 us at 512x512
+                previous = raw
+        except Exception as error:  # noqa: BLE001 - handed to the consumer, which re-raises it
+            self._frames.put(error)
+        finally:
+            self._frames.put(self._done)
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, bool]]:
+        while (item := self._frames.get()) is not self._done:
             if isinstance(item, Exception):
-                raise MediaError(f"{path}: decoding failed ({item})") from item
-            yield np.frombuffer(item, dtype=np.uint8).reshape(height, width, 3)
-    finally:
-        stop.set()
-        while thread.is_alive():  # unblock a producer waiting on a full queue
+                raise MediaError(f"{self.path}: decoding failed ({item})") from item
+            raw, repeated = item
+            yield np.frombuffer(raw, dtype=np.uint8).reshape(self.height, self.width, 3), repeated
+
+    def close(self) -> None:
+        self._stop.set()
+        while self._thread.is_alive():  # unblock a producer waiting on a full queue
             try:
-                frames.get_nowait()
+                self._frames.get_nowait()
             except queue.Empty:
-                thread.join(0.01)
-        reader.close()
+                self._thread.join(0.01)
+        self._reader.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def iter_frames(path: str | Path, fps: float) -> Iterator[np.ndarray]:
+    """Stream RGB frames resampled to `fps` by timestamp, one at a time (see FrameReader)."""
+    with FrameReader(path, fps) as frames:
+        for frame, _ in frames:
+            yield frame
 
 
 def write_video(path: str | Path, frames: np.ndarray, fps: float, audio: np.ndarray | None, sample_rate: int) -> None:
