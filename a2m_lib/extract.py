@@ -27,6 +27,7 @@ import concurrent.futures as futures
 import hashlib
 import json
 import multiprocessing
+import os
 import queue
 import time
 from dataclasses import asdict
@@ -35,8 +36,6 @@ from typing import Iterable, Iterator
 
 import cv2
 import numpy as np
-import pandas as pd
-from scipy.interpolate import interp1d
 from tqdm.auto import tqdm
 
 from . import media, mesh
@@ -78,6 +77,8 @@ def _metadata_table(raw_dir: Path) -> dict[str, dict]:
     table_path = raw_dir / "metadata.csv"
     if not table_path.exists():
         return {}
+    import pandas as pd  # imported where used: extraction workers start faster without pandas and scipy
+
     table = pd.read_csv(table_path, dtype=str, keep_default_na=False)
     if "file" not in table.columns:
         raise ValueError(f"{table_path} needs a 'file' column (paths relative to {raw_dir}), plus speaker and/or language")
@@ -245,6 +246,8 @@ def _interpolate_gaps(landmarks: np.ndarray, found: np.ndarray) -> tuple[np.ndar
     if len(gaps) == 0:
         return landmarks, interpolated
     filled = landmarks.copy()
+    from scipy.interpolate import interp1d
+
     filled[gaps] = interp1d(found_at, landmarks[found_at], axis=0)(gaps)
     interpolated[gaps] = True
     return filled, interpolated
@@ -365,8 +368,14 @@ def extract_sequence(jobs: Iterable[tuple]) -> Iterator[list[dict]]:
                 frames.close()
 
 
-def _worker(job_queue, result_queue) -> None:
-    """A worker process: extract sources from the shared queue until it hands out None; send back their rows."""
+def _worker(job_queue, result_queue, cores: set[int] | None = None) -> None:
+    """A worker process: extract sources from the shared queue until it hands out None; send back their rows.
+
+    `cores`: the CPUs this worker (and the ffmpeg decoders it starts, which inherit it) may run on.
+    """
+    if cores and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, cores)
+
     def jobs():
         while (job := job_queue.get()) is not None:
             yield job
@@ -450,11 +459,28 @@ def write_manifest(out_dir: str | Path) -> pd.DataFrame:
     out_dir = Path(out_dir)
     rows = [row for record_path in sorted((out_dir / "sources").glob("*.json"))
             for row in json.loads(record_path.read_text())["rows"]]
+    import pandas as pd
+
     manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     tmp = out_dir / "manifest.csv.part"
     manifest.to_csv(tmp, index=False)
     tmp.replace(out_dir / "manifest.csv")
     return manifest
+
+
+def _core_groups(n_workers: int) -> list[set[int] | None]:
+    """The CPUs each worker keeps to: the available ones split into `n_workers` groups.
+
+    Pinning matters: unpinned, two workers on a 2-core machine move their FaceMesh threads and ffmpeg
+    decoders between the cores and reach 376 frames/s; one core each, 501 (benchmarks/README.md).
+    With more workers than CPUs, workers share CPUs round-robin.
+    """
+    if not hasattr(os, "sched_getaffinity"):
+        return [None] * n_workers
+    cpus = sorted(os.sched_getaffinity(0))
+    if n_workers >= len(cpus):
+        return [{cpus[number % len(cpus)]} for number in range(n_workers)]
+    return [set(map(int, group)) for group in np.array_split(cpus, n_workers)]
 
 
 def _run_workers(jobs: list[tuple], workers: int, bar) -> list[str]:
@@ -468,8 +494,8 @@ def _run_workers(jobs: list[tuple], workers: int, bar) -> list[str]:
     n_processes = min(workers, len(jobs))
     for job in jobs + [None] * n_processes:
         job_queue.put(job)
-    processes = [context.Process(target=_worker, args=(job_queue, result_queue), name=f"a2m-extract-{number}")
-                 for number in range(n_processes)]
+    processes = [context.Process(target=_worker, args=(job_queue, result_queue, cores), name=f"a2m-extract-{number}")
+                 for number, cores in enumerate(_core_groups(n_processes))]
     for process in processes:
         process.start()
     finished = set()

@@ -111,6 +111,8 @@ class FaceTracker:
 
 def choose_face(faces: list[np.ndarray], width: int, height: int, previous_centre: np.ndarray | None):
     """Index of the face to keep, and its centre: nearest to the previous one, else the largest, most central."""
+    if len(faces) == 1:  # the common case, on every frame: skip the comparisons
+        return 0, faces[0][:, :2].mean(0)
     centres = np.array([face[:, :2].mean(0) for face in faces])
     if previous_centre is not None:
         chosen = int(np.argmin(np.linalg.norm(centres - previous_centre, axis=1)))

@@ -252,3 +252,55 @@ def test_an_unreadable_clip_file_names_itself_and_the_fix(tmp_path):
     (tmp_path / "clips" / "broken.npz").write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(ValueError, match=r"broken.npz is unreadable.*re-run extraction"):
         extract.load_clip(tmp_path, "broken")
+
+
+def test_a_25fps_source_repeats_frames_instead_of_tracking_them_twice(synthetic_raw, tmp_path, cfg):
+    source = sorted(synthetic_raw.rglob("*.mp4"))[2]
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    ffmpeg("-i", source, "-vf", "fps=25", "-c:a", "copy", raw / "pal.mp4")
+    extract.extract_store(raw, tmp_path / "out", cfg.data, cfg.extract, progress=False)
+    clip = extract.load_clip(tmp_path / "out", "pal")
+    repeated, points = clip["repeated"], clip["landmarks_image"]
+    assert abs(repeated.sum() - len(repeated) / 6) <= 2  # 25 -> 30 fps repeats one frame in six
+    np.testing.assert_array_equal(points[1:][repeated[1:]], points[:-1][repeated[1:]])
+    moved = np.abs(points[1:] - points[:-1]).max(axis=(1, 2))[~repeated[1:]]
+    assert (moved > 0).all(), "frames that are not repeats get their own landmarks"
+
+
+def test_core_groups_give_each_worker_its_own_cpus(monkeypatch):
+    monkeypatch.setattr(extract.os, "sched_getaffinity", lambda pid: {4, 5, 6, 7})
+    assert extract._core_groups(1) == [{4, 5, 6, 7}]
+    assert extract._core_groups(2) == [{4, 5}, {6, 7}]
+    assert extract._core_groups(4) == [{4}, {5}, {6}, {7}]
+    assert extract._core_groups(5) == [{4}, {5}, {6}, {7}, {4}]
+
+
+def test_a_worker_that_dies_costs_only_its_own_sources(synthetic_raw, tmp_path, cfg):
+    import multiprocessing
+    import signal
+    import threading
+    import time
+
+    out = tmp_path / "out"
+    outcome = {}
+
+    def run():
+        try:
+            extract.extract_store(synthetic_raw, out, cfg.data, cfg.extract, workers=2, progress=False)
+        except RuntimeError as error:
+            outcome["error"] = str(error)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.time() + 120
+    while not list((out / "sources").glob("*.json")) and time.time() < deadline:
+        time.sleep(0.05)
+    workers = [p for p in multiprocessing.active_children() if p.name.startswith("a2m-extract")]
+    os.kill(workers[0].pid, signal.SIGKILL)  # as if MediaPipe had crashed inside it
+    thread.join(300)
+    assert "not finished" in outcome.get("error", ""), outcome
+    done = len(list((out / "sources").glob("*.json")))
+    assert 1 <= done < 12 and not list((out / "clips").glob("*.part*"))
+    manifest = extract.extract_store(synthetic_raw, out, cfg.data, cfg.extract, progress=False)  # resumes
+    assert len(manifest) == 12 and (manifest.status == "ok").all()
