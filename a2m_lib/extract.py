@@ -471,8 +471,8 @@ def write_manifest(out_dir: str | Path) -> pd.DataFrame:
 def _core_groups(n_workers: int) -> list[set[int] | None]:
     """The CPUs each worker keeps to: the available ones split into `n_workers` groups.
 
-    Pinning matters: unpinned, two workers on a 2-core machine move their FaceMesh threads and ffmpeg
-    decoders between the cores and reach 376 frames/s; one core each, 501 (benchmarks/README.md).
+    Unpinned, workers move their FaceMesh threads and ffmpeg decoders between cores: on a 2-core machine two
+    workers made 391 frames/s unpinned and 417 pinned (benchmarks/README.md).
     With more workers than CPUs, workers share CPUs round-robin.
     """
     if not hasattr(os, "sched_getaffinity"):
