@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--out", required=True, help="clip store folder, e.g. data/processed/NAME")
     extract.add_argument("--config", default=None)
     extract.add_argument("--fps", type=float, default=None)
-    extract.add_argument("--workers", type=int, default=1)
+    extract.add_argument("--workers", type=int, default=None, help="processes (default: extract.workers, 0: one per CPU)")
     extract.add_argument("--shard", type=_shard, default=(0, 1), help="i/n: process every n-th source from the i-th")
     extract.set_defaults(func=cmd_extract)
 

@@ -44,6 +44,7 @@ class ExtractConfig:
     max_gap_frames: int = 5  # face-detection gaps up to this long are interpolated; longer gaps end a clip
     segment_min_seconds: float = 3.0  # long videos are cut into clips of these lengths, at speech pauses
     segment_max_seconds: float = 6.0
+    workers: int = 0  # processes, each kept to its share of the CPUs; 0 = one per CPU. Results do not depend on it
 
 
 @dataclass

@@ -106,7 +106,9 @@ def find_sources(raw_dir: str | Path) -> list[dict]:
 
 
 def settings_key(data_cfg: DataConfig, extract_cfg: ExtractConfig) -> str:
-    return json.dumps({"fps": data_cfg.fps, "sample_rate": data_cfg.sample_rate, **asdict(extract_cfg)}, sort_keys=True)
+    """The settings a clip depends on (not `workers`, which changes only the speed)."""
+    settings = {key: value for key, value in asdict(extract_cfg).items() if key != "workers"}
+    return json.dumps({"fps": data_cfg.fps, "sample_rate": data_cfg.sample_rate, **settings}, sort_keys=True)
 
 
 def _tracker(fps: float, cfg: ExtractConfig):
@@ -519,8 +521,11 @@ def _run_workers(jobs: list[tuple], workers: int, bar) -> list[str]:
 
 
 def extract_store(raw_dir: str | Path, out_dir: str | Path, data_cfg: DataConfig, extract_cfg: ExtractConfig,
-                  workers: int = 1, shard: tuple[int, int] = (0, 1), progress: bool = True) -> pd.DataFrame:
-    """Extract every video under raw_dir (this shard's share) into the clip store; return the manifest."""
+                  workers: int | None = None, shard: tuple[int, int] = (0, 1), progress: bool = True) -> pd.DataFrame:
+    """Extract every video under raw_dir (this shard's share) into the clip store; return the manifest.
+
+    `workers`: processes (default `extract_cfg.workers`; 0 = one per CPU).
+    """
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     index, count = shard
@@ -532,6 +537,9 @@ def extract_store(raw_dir: str | Path, out_dir: str | Path, data_cfg: DataConfig
         raise FileNotFoundError("extract.extractor=tasks needs extract.task_file: the path to a FaceLandmarker .task file")
     sources = [s for number, s in enumerate(find_sources(raw_dir)) if number % count == index]
     jobs = [(s, out_dir, data_cfg, extract_cfg) for s in sources if not _is_done(out_dir, s, settings)]
+    workers = extract_cfg.workers if workers is None else workers
+    if workers <= 0:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     started = time.time()
     bar = tqdm(total=len(jobs), desc="extract", unit="video", disable=not progress)
     if workers <= 1 or len(jobs) <= 1:

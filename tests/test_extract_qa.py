@@ -304,3 +304,11 @@ def test_a_worker_that_dies_costs_only_its_own_sources(synthetic_raw, tmp_path, 
     assert 1 <= done < 12 and not list((out / "clips").glob("*.part*"))
     manifest = extract.extract_store(synthetic_raw, out, cfg.data, cfg.extract, progress=False)  # resumes
     assert len(manifest) == 12 and (manifest.status == "ok").all()
+
+
+def test_the_number_of_workers_is_not_a_clip_setting(cfg):
+    from dataclasses import replace
+
+    assert cfg.extract.workers == 0  # one per CPU unless the config says otherwise
+    one, four = (extract.settings_key(cfg.data, replace(cfg.extract, workers=n)) for n in (1, 4))
+    assert one == four and "workers" not in one
