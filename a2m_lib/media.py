@@ -1,4 +1,5 @@
-"""Audio and video I/O through the ffmpeg binary that imageio-ffmpeg ships (no system ffmpeg needed)."""
+"""Audio and video I/O: the ffmpeg binary that imageio-ffmpeg ships (no system ffmpeg needed), and PyAV
+(FFmpeg's libraries, in process) for the frames that extraction streams through FaceMesh."""
 from __future__ import annotations
 
 import json
@@ -8,6 +9,7 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
+import av
 import imageio_ffmpeg
 import numpy as np
 import soundfile
@@ -56,36 +58,81 @@ class FrameReader:
         with FrameReader(path, 30) as frames:
             for frame, repeated in frames: ...
 
+    Decoding runs in this process through PyAV (FFmpeg's libraries) with the same filters the ffmpeg
+    command line would use: the rotation the container asks for (phone videos), then the fps filter. In
+    process rather than through an ffmpeg pipe, because piping 3 bytes a pixel costs as much CPU as the
+    decoding itself (0.90 against 0.47 ms a frame at 512x512, benchmarks/README.md), and that CPU is taken
+    from FaceMesh.
+
     Decoding starts when the reader is made, so a reader made for the next video while the current one is
-    being tracked has its first frames ready when they are wanted. `repeated` is True when a frame's pixels
-    equal the previous frame's, which is what the fps filter emits to raise 25 fps to 30: a caller can reuse
-    its previous result instead of computing the same thing again. At most `buffer_mb` of decoded frames
-    (at least 2 frames, at most 16) wait in memory, whatever the video's length.
+    being tracked has its first frames ready when they are wanted. `repeated` is True when the fps filter
+    repeats the previous frame (to raise 25 fps to 30, say): the caller can reuse its previous result, and
+    the frame is not converted again. At most `buffer_mb` of decoded frames (at least 2 frames, at most 16)
+    wait in memory, whatever the video's length.
     """
 
     def __init__(self, path: str | Path, fps: float, buffer_mb: float = 64):
-        self.path = path
-        self._reader = imageio_ffmpeg.read_frames(str(path), output_params=["-vf", f"fps={fps}"])
+        self.path, self.fps = path, fps
         try:
-            meta = next(self._reader)
-        except (OSError, RuntimeError) as error:
-            raise MediaError(f"{path}: cannot decode video ({str(error).strip().splitlines()[-1]})") from error
-        self.width, self.height = meta["size"]
-        frame_mb = self.width * self.height * 3 / 2**20
-        self._frames: queue.Queue = queue.Queue(maxsize=int(min(16, max(2, buffer_mb // max(frame_mb, 1e-6)))))
+            self._container = av.open(str(path))
+            self._stream = self._container.streams.video[0]
+        except (av.FFmpegError, IndexError) as error:
+            raise MediaError(f"{path}: cannot decode video ({error})") from error
+        self._stream.thread_type = "AUTO"  # FFmpeg's own decoding threads, as many as this process's CPUs
+        self.decode_errors = 0
+        frame_mb = max(self._stream.codec_context.width * self._stream.codec_context.height * 3 / 2**20, 1e-6)
+        self._frames: queue.Queue = queue.Queue(maxsize=int(min(16, max(2, buffer_mb // frame_mb))))
         self._stop = threading.Event()
         self._done = object()
         self._thread = threading.Thread(target=self._produce, daemon=True, name="a2m-decode")
         self._thread.start()
 
+    def _filters(self, first: av.VideoFrame) -> av.filter.Graph:
+        """buffer -> rgb24 -> rotation -> fps -> sink. With the fps filter last, a repeated frame is the very
+        same buffer as the one before it, so repeats are found by address, not by comparing pixels."""
+        graph = av.filter.Graph()
+        rotation = round(first.rotation or 0) % 360  # counter-clockwise, as the container's display matrix says
+        turns = {90: [("transpose", "cclock")], 180: [("hflip", None), ("vflip", None)], 270: [("transpose", "clock")]}
+        chain = [graph.add_buffer(template=self._stream), graph.add("format", "rgb24"),
+                 *[graph.add(name, argument) for name, argument in turns.get(rotation, [])],
+                 graph.add("fps", f"{self.fps}"), graph.add("buffersink")]
+        for upstream, downstream in zip(chain[:-1], chain[1:]):
+            upstream.link_to(downstream)
+        graph.configure()
+        return graph
+
     def _produce(self) -> None:
-        previous = None
-        try:
-            for raw in self._reader:
+        graph, previous, previous_array = None, None, None
+
+        def drain() -> bool:
+            nonlocal previous, previous_array
+            while True:
+                try:
+                    frame = graph.vpull()
+                except (av.error.BlockingIOError, av.error.EOFError):
+                    return True
+                repeated = previous is not None and frame.planes[0].buffer_ptr == previous.planes[0].buffer_ptr
+                array = previous_array if repeated else frame.to_ndarray()
+                previous, previous_array = frame, array
+                self._frames.put((array, repeated))
                 if self._stop.is_set():
-                    break
-                self._frames.put((raw, raw == previous))  # bytes equality is one memcmp: ~30 us at 512x512
-                previous = raw
+                    return False
+
+        try:
+            for packet in self._container.demux(self._stream):
+                try:
+                    decoded = packet.decode()
+                except av.error.InvalidDataError:  # a damaged packet: skip it, as the ffmpeg command line does
+                    self.decode_errors += 1
+                    continue
+                for frame in decoded:
+                    graph = graph or self._filters(frame)
+                    graph.vpush(frame)
+                    if not drain():
+                        return
+            if graph is not None:
+                graph.vpush(None)
+                drain()
         except Exception as error:  # noqa: BLE001 - handed to the consumer, which re-raises it
             self._frames.put(error)
         finally:
@@ -95,8 +142,7 @@ class FrameReader:
         while (item := self._frames.get()) is not self._done:
             if isinstance(item, Exception):
                 raise MediaError(f"{self.path}: decoding failed ({item})") from item
-            raw, repeated = item
-            yield np.frombuffer(raw, dtype=np.uint8).reshape(self.height, self.width, 3), repeated
+            yield item
 
     def close(self) -> None:
         self._stop.set()
@@ -105,7 +151,7 @@ class FrameReader:
                 self._frames.get_nowait()
             except queue.Empty:
                 self._thread.join(0.01)
-        self._reader.close()
+        self._container.close()
 
     def __enter__(self):
         return self

@@ -312,3 +312,25 @@ def test_the_number_of_workers_is_not_a_clip_setting(cfg):
     assert cfg.extract.workers == 0  # one per CPU unless the config says otherwise
     one, four = (extract.settings_key(cfg.data, replace(cfg.extract, workers=n)) for n in (1, 4))
     assert one == four and "workers" not in one
+
+
+def test_frames_are_those_of_the_ffmpeg_command_line(synthetic_raw, tmp_path):
+    """FrameReader decodes in process (PyAV); its frames must be exactly what `ffmpeg -vf fps=30` gives."""
+    import imageio_ffmpeg
+
+    source = sorted(synthetic_raw.rglob("*.mp4"))[3]
+    ffmpeg("-i", source, "-vf", "fps=25,crop=iw:ih-64", "-c:a", "copy", tmp_path / "pal.mp4")
+    ffmpeg("-display_rotation", "90", "-i", tmp_path / "pal.mp4", "-c", "copy", tmp_path / "turned.mp4")
+    for path in (source, tmp_path / "pal.mp4", tmp_path / "turned.mp4"):
+        reader = imageio_ffmpeg.read_frames(str(path), output_params=["-vf", "fps=30"])
+        width, height = next(reader)["size"]
+        expected = [np.frombuffer(raw, np.uint8).reshape(height, width, 3) for raw in reader]
+        with media.FrameReader(path, 30) as frames:
+            got = list(frames)
+        assert len(got) == len(expected), path.name
+        for index, ((frame, repeated), reference) in enumerate(zip(got, expected)):
+            np.testing.assert_array_equal(frame, reference, err_msg=f"{path.name} frame {index}")
+            assert not repeated or np.array_equal(reference, expected[index - 1])
+        if path != source:
+            assert abs(sum(repeated for _, repeated in got) - len(got) / 6) <= 1, path.name
+    assert got[0][0].shape[0] > got[0][0].shape[1]  # turned: the display rotation is applied
