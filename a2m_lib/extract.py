@@ -24,6 +24,7 @@ Optional metadata: `RAW_DIR/metadata.csv` (columns `file`, relative to RAW_DIR, 
 from __future__ import annotations
 
 import concurrent.futures as futures
+import contextlib
 import hashlib
 import json
 import multiprocessing
@@ -353,12 +354,14 @@ def extract_sequence(jobs: Iterable[tuple]) -> Iterator[list[dict]]:
     some 40 frames of FaceMesh time at 400 frames/s; overlapped with tracking, it costs almost nothing.
     """
     jobs = iter(jobs)
+    tracking_cpus, decoding_cpus = _split_cpus()
 
     def prepare_next():
         job = next(jobs, None)
         return None if job is None else helper.submit(_prepare, job)
 
-    with futures.ThreadPoolExecutor(1, thread_name_prefix="a2m-prepare") as helper:
+    with futures.ThreadPoolExecutor(1, thread_name_prefix="a2m-prepare", initializer=_keep_to, initargs=(decoding_cpus,)) \
+            as helper, _kept_to(tracking_cpus):
         upcoming = prepare_next()
         try:
             while upcoming is not None:
@@ -368,6 +371,37 @@ def extract_sequence(jobs: Iterable[tuple]) -> Iterator[list[dict]]:
         finally:  # stopped early: do not leave the next source's decoder running
             if upcoming is not None and (frames := upcoming.result()["frames"]) is not None:
                 frames.close()
+
+
+def _split_cpus() -> tuple[set[int] | None, set[int] | None]:
+    """(CPU for tracking, CPUs for decoding and preparing) out of this process's CPUs; None, None with one CPU.
+
+    FaceMesh runs its graph on several threads; kept to one CPU they hand frames to each other without
+    moving between caches: FaceMesh alone makes about 424 frames/s on one CPU and 365 free to move
+    (benchmarks/README.md). The decoder threads, which the helper thread starts, and the ffmpeg processes
+    for audio get the other CPUs.
+    """
+    if not hasattr(os, "sched_getaffinity"):
+        return None, None
+    cpus = sorted(os.sched_getaffinity(0))
+    return (None, None) if len(cpus) < 2 else ({cpus[0]}, set(cpus[1:]))
+
+
+def _keep_to(cpus: set[int] | None) -> None:
+    """Keep the calling thread (and the threads and processes it starts later) to `cpus`."""
+    if cpus:
+        os.sched_setaffinity(0, cpus)  # on Linux, pid 0 is the calling thread, not the whole process
+
+
+@contextlib.contextmanager
+def _kept_to(cpus: set[int] | None):
+    """The calling thread kept to `cpus` for the duration; afterwards it may run anywhere it could before."""
+    before = os.sched_getaffinity(0) if cpus else None
+    _keep_to(cpus)
+    try:
+        yield
+    finally:
+        _keep_to(before)
 
 
 def _worker(job_queue, result_queue, cores: set[int] | None = None) -> None:

@@ -232,8 +232,9 @@ def main() -> None:
     c1, b, b_loop = results["c_facemesh_1face_fps"], results["b_tasks_image_inference_fps"], results["b_tasks_aniportrait_loop_fps"]
     results["ratio_a_to_b_inference"] = a / b if b else None
     results["ratio_a_to_b_aniportrait_loop"] = a / b_loop if b_loop else None
-    results["ratio_a_to_c_1face"] = a / c1
-    results["ratio_a_1face_to_c_1face"] = a1 / c1
+    best_c = max(c1, results["c_facemesh_1face_one_core_fps"])  # FaceMesh is faster kept to one core
+    results["ratio_a_to_c"] = a / best_c
+    results["ratio_a_1face_to_c"] = a1 / best_c
     results["ratio_a_to_c_one_core"] = results["a_pipeline_one_core_fps"] / results["c_facemesh_1face_one_core_fps"]
     results["scaling_1_to_2_workers"] = a2 / a
     if two_cores:

@@ -334,3 +334,16 @@ def test_frames_are_those_of_the_ffmpeg_command_line(synthetic_raw, tmp_path):
         if path != source:
             assert abs(sum(repeated for _, repeated in got) - len(got) / 6) <= 1, path.name
     assert got[0][0].shape[0] > got[0][0].shape[1]  # turned: the display rotation is applied
+
+
+def test_tracking_and_decoding_get_their_own_cpus_and_the_caller_gets_its_own_back(monkeypatch, synthetic_raw, tmp_path, cfg):
+    before = os.sched_getaffinity(0)
+    source = sorted(synthetic_raw.rglob("*.mp4"))[4]
+    (tmp_path / "raw").mkdir()
+    shutil.copy(source, tmp_path / "raw" / source.name)
+    extract.extract_store(tmp_path / "raw", tmp_path / "out", cfg.data, cfg.extract, workers=1, progress=False)
+    assert os.sched_getaffinity(0) == before  # a notebook kernel is not left on one CPU
+    monkeypatch.setattr(extract.os, "sched_getaffinity", lambda pid: {2, 3, 5})
+    assert extract._split_cpus() == ({2}, {3, 5})
+    monkeypatch.setattr(extract.os, "sched_getaffinity", lambda pid: {3})
+    assert extract._split_cpus() == (None, None)
