@@ -507,8 +507,8 @@ def write_manifest(out_dir: str | Path) -> pd.DataFrame:
 def _core_groups(n_workers: int) -> list[set[int] | None]:
     """The CPUs each worker keeps to: the available ones split into `n_workers` groups.
 
-    Unpinned, workers move their FaceMesh threads and ffmpeg decoders between cores: on a 2-core machine two
-    workers made 391 frames/s unpinned and 417 pinned (benchmarks/README.md).
+    Without it, every worker would keep its FaceMesh to the same first CPU (see _split_cpus): on a 2-core
+    machine two workers made 311 frames/s that way, and 446 with one CPU each (benchmarks/README.md).
     With more workers than CPUs, workers share CPUs round-robin.
     """
     if not hasattr(os, "sched_getaffinity"):
