@@ -444,8 +444,12 @@ def _clips_from_tracks(source: dict, out_dir: Path, data_cfg: DataConfig, extrac
         row = dict(common, clip_id=clip_id, start=round(start / fps, 4), end=round(end / fps, 4), n_frames=end - start,
                    audio_seconds=round(len(piece_audio) / data_cfg.sample_rate, 6), status="ok", reason="",
                    interpolated_frames=int(interpolated.sum()), multi_face_frames=int((n_faces[start:end] > 1).sum()))
-        if row["multi_face_frames"]:
-            row["reason"] = f"{row['multi_face_frames']} frames showed several faces; the largest, most central was used"
+        notes = [f"{row['multi_face_frames']} frames showed several faces; the largest, most central was used"] \
+            if row["multi_face_frames"] else []
+        if frames.decode_errors:
+            notes.append(f"the source has {frames.decode_errors} damaged video packets, skipped (the frame before "
+                         "them stands in for theirs)")
+        row["reason"] = "; ".join(notes)
         piece_extras = {key: value if key == "blendshape_names" else value[start:end] for key, value in extras.items()}
         _save_clip(out_dir, clip_id, row, piece_landmarks, found[start:end], interpolated, n_faces[start:end],
                    piece_audio, reference, piece_extras)

@@ -347,3 +347,14 @@ def test_tracking_and_decoding_get_their_own_cpus_and_the_caller_gets_its_own_ba
     assert extract._split_cpus() == ({2}, {3, 5})
     monkeypatch.setattr(extract.os, "sched_getaffinity", lambda pid: {3})
     assert extract._split_cpus() == (None, None)
+
+
+def test_damaged_video_packets_are_skipped_and_noted(synthetic_raw, tmp_path, cfg):
+    data = bytearray(sorted(synthetic_raw.rglob("*.mp4"))[5].read_bytes())
+    middle = len(data) // 2
+    data[middle: middle + 2000] = np.random.default_rng(0).integers(0, 256, 2000, dtype=np.uint8).tobytes()
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "damaged.mp4").write_bytes(bytes(data))
+    manifest = extract.extract_store(tmp_path / "raw", tmp_path / "out", cfg.data, cfg.extract, progress=False)
+    row = manifest.iloc[0]
+    assert row.status == "ok" and "damaged video packets" in row.reason, row.to_dict()
