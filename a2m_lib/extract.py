@@ -112,17 +112,17 @@ def settings_key(data_cfg: DataConfig, extract_cfg: ExtractConfig) -> str:
     return json.dumps({"fps": data_cfg.fps, "sample_rate": data_cfg.sample_rate, **settings}, sort_keys=True)
 
 
-def _tracker(fps: float, cfg: ExtractConfig):
+def _tracker(fps: float, cfg: ExtractConfig, background=None):
     if cfg.extractor == "tasks":
         return mesh.TasksTracker(cfg.task_file, fps, cfg.max_faces, cfg.min_detection_confidence,
                                  cfg.min_tracking_confidence)
     if cfg.extractor != "facemesh":
         raise ValueError(f"extract.extractor '{cfg.extractor}' is not known; use facemesh or tasks")
     return mesh.FaceTracker(cfg.refine_landmarks, False, cfg.min_detection_confidence, cfg.min_tracking_confidence,
-                            cfg.max_faces)
+                            cfg.max_faces, background=background)
 
 
-def track_video(frames: media.FrameReader, fps: float, extract_cfg: ExtractConfig, spool: Path):
+def track_video(frames: media.FrameReader, fps: float, extract_cfg: ExtractConfig, spool: Path, background=None):
     """Run the face tracker over a video's frames (a started FrameReader), spooling landmarks to disk.
 
     Landmarks go to the file `spool` as they come (5.7 kB a frame) and are read back clip by clip
@@ -139,7 +139,7 @@ def track_video(frames: media.FrameReader, fps: float, extract_cfg: ExtractConfi
     missing = np.full((n_points, 3), np.nan, np.float32)
     no_blendshapes, no_matrix = np.full(52, np.nan, np.float32), np.full((4, 4), np.nan, np.float32)
     spool.parent.mkdir(parents=True, exist_ok=True)
-    with _tracker(fps, extract_cfg) as tracker, open(spool, "wb") as spooled:
+    with _tracker(fps, extract_cfg, background) as tracker, open(spool, "wb") as spooled:
         for frame, repeated in frames:
             repeated = repeated and bool(n_faces)
             if not repeated:
@@ -324,7 +324,7 @@ def _prepare(job: tuple) -> dict:
     return prepared
 
 
-def _extract_prepared(prepared: dict) -> list[dict]:
+def _extract_prepared(prepared: dict, background=None) -> list[dict]:
     """Track, cut and save one prepared source; write its record last. Never raises: one bad file cannot stop the others."""
     source, out_dir, data_cfg, extract_cfg = prepared["job"]
     spool = out_dir / "tmp" / f"{source['source_key']}.landmarks.f32"
@@ -332,7 +332,7 @@ def _extract_prepared(prepared: dict) -> list[dict]:
         if prepared["error"]:
             raise ExtractionError(prepared["error"])
         rows = _clips_from_tracks(source, out_dir, data_cfg, extract_cfg, prepared["source_hash"],
-                                  prepared["audio"], prepared["frames"], spool)
+                                  prepared["audio"], prepared["frames"], spool, background)
     except Exception as error:  # noqa: BLE001 - see _error_reason
         rows = [_failure_row(source, data_cfg, extract_cfg, prepared["source_hash"], _error_reason(error))]
     finally:
@@ -349,7 +349,8 @@ def _extract_prepared(prepared: dict) -> list[dict]:
 def extract_sequence(jobs: Iterable[tuple]) -> Iterator[list[dict]]:
     """Extract sources one after another, yielding each one's manifest rows.
 
-    While a source is tracked, a helper thread prepares the next (hash, audio, the first decoded frames).
+    While a source is tracked, a helper thread prepares the next (hash, audio, the first decoded frames), and
+    the checks for a second face run on another.
     Written by hand because a source's start-up (ffmpeg start, audio decode, hashing) costs about 0.1 s,
     some 40 frames of FaceMesh time at 400 frames/s; overlapped with tracking, it costs almost nothing.
     """
@@ -360,14 +361,15 @@ def extract_sequence(jobs: Iterable[tuple]) -> Iterator[list[dict]]:
         job = next(jobs, None)
         return None if job is None else helper.submit(_prepare, job)
 
-    with futures.ThreadPoolExecutor(1, thread_name_prefix="a2m-prepare", initializer=_keep_to, initargs=(decoding_cpus,)) \
+    # Two threads: one prepares the next source while the other runs the second-face checks.
+    with futures.ThreadPoolExecutor(2, thread_name_prefix="a2m-helper", initializer=_keep_to, initargs=(decoding_cpus,)) \
             as helper, _kept_to(tracking_cpus):
         upcoming = prepare_next()
         try:
             while upcoming is not None:
                 prepared = upcoming.result()
                 upcoming = prepare_next()
-                yield _extract_prepared(prepared)
+                yield _extract_prepared(prepared, background=helper)  # the second-face checks run there too
         finally:  # stopped early: do not leave the next source's decoder running
             if upcoming is not None and (frames := upcoming.result()["frames"]) is not None:
                 frames.close()
@@ -421,9 +423,10 @@ def _worker(job_queue, result_queue, cores: set[int] | None = None) -> None:
 
 
 def _clips_from_tracks(source: dict, out_dir: Path, data_cfg: DataConfig, extract_cfg: ExtractConfig,
-                       source_hash: str, audio: np.ndarray, frames: media.FrameReader, spool: Path) -> list[dict]:
+                       source_hash: str, audio: np.ndarray, frames: media.FrameReader, spool: Path,
+                       background=None) -> list[dict]:
     path = source["path"]
-    landmarks, found, n_faces, extras = track_video(frames, data_cfg.fps, extract_cfg, spool)
+    landmarks, found, n_faces, extras = track_video(frames, data_cfg.fps, extract_cfg, spool, background)
     reference = pose_reference(extract_cfg, landmarks.shape[1])
     if not found.any():
         raise ExtractionError(f"MediaPipe found no face in any of {len(found)} frames")

@@ -53,30 +53,48 @@ class FaceTracker:
     `check_every` frames, counts faces with MediaPipe's face detector; once a second face shows up it
     switches to multi-face tracking for the rest of the video. (Multi-face tracking from the start costs
     about a third of the throughput, because FaceMesh then runs its detector on every frame.)
+    With a `background` executor, the detector is made and run on its thread, and tracking goes on
+    meanwhile: the switch then comes a few frames after the check that saw the second face.
     The face returned is the one nearest to the previous one; when there is none, the largest and most central.
     """
 
     def __init__(self, refine_landmarks: bool = True, static: bool = False,
                  min_detection_confidence: float = 0.5, min_tracking_confidence: float = 0.5, max_faces: int = 1,
-                 check_every: int = 30):
+                 check_every: int = 30, background=None):
         def face_mesh(faces):
             return mp.solutions.face_mesh.FaceMesh(
                 static_image_mode=static, max_num_faces=faces, refine_landmarks=refine_landmarks,
                 min_detection_confidence=min_detection_confidence, min_tracking_confidence=min_tracking_confidence)
 
+        def face_detection():
+            return mp.solutions.face_detection.FaceDetection(min_detection_confidence=min_detection_confidence)
+
         self._make_multi = (lambda: face_mesh(max_faces)) if max_faces > 1 else None
         self._mesh = face_mesh(1)
-        self._detector = mp.solutions.face_detection.FaceDetection(min_detection_confidence=min_detection_confidence) \
-            if max_faces > 1 else None
+        self._background = background
+        self._detector = None
+        if max_faces > 1:  # made on the thread that will run it: MediaPipe's graph threads inherit its CPUs
+            self._detector = background.submit(face_detection).result() if background else face_detection()
+        self._pending = None  # the background check in flight
         self._check_every = check_every
         self._frames_seen = 0
         self._previous_centre: np.ndarray | None = None
 
     def _second_face_appeared(self, frame_rgb: np.ndarray) -> bool:
-        if self._detector is None or self._frames_seen % self._check_every:
+        if self._detector is None:
             return False
-        detections = self._detector.process(frame_rgb).detections or []
-        return len(detections) > 1
+        if self._pending is not None:
+            if not self._pending.done():
+                return False
+            detections, self._pending = self._pending.result().detections or [], None
+            if len(detections) > 1:
+                return True
+        if self._frames_seen % self._check_every:
+            return False
+        if self._background is None:
+            return len(self._detector.process(frame_rgb).detections or []) > 1
+        self._pending = self._background.submit(self._detector.process, frame_rgb)
+        return False
 
     def track(self, frame_rgb: np.ndarray) -> tuple[np.ndarray | None, int]:
         if self._second_face_appeared(frame_rgb):
@@ -99,6 +117,8 @@ class FaceTracker:
 
     def close(self) -> None:
         self._mesh.close()
+        if self._pending is not None:
+            self._pending.result()
         if self._detector is not None:
             self._detector.close()
 
