@@ -23,6 +23,7 @@ Optional metadata: `RAW_DIR/metadata.csv` (columns `file`, relative to RAW_DIR, 
 """
 from __future__ import annotations
 
+import collections
 import concurrent.futures as futures
 import contextlib
 import hashlib
@@ -324,21 +325,34 @@ def _prepare(job: tuple) -> dict:
     return prepared
 
 
-def _extract_prepared(prepared: dict, background=None) -> list[dict]:
-    """Track, cut and save one prepared source; write its record last. Never raises: one bad file cannot stop the others."""
+def _track_prepared(prepared: dict, background=None) -> None:
+    """Run the face tracker over a prepared source: all the tracking thread does. Never raises."""
     source, out_dir, data_cfg, extract_cfg = prepared["job"]
-    spool = out_dir / "tmp" / f"{source['source_key']}.landmarks.f32"
+    prepared["spool"] = out_dir / "tmp" / f"{source['source_key']}.landmarks.f32"
+    try:
+        if prepared["error"] is None:
+            prepared["tracks"] = track_video(prepared["frames"], data_cfg.fps, extract_cfg, prepared["spool"], background)
+    except Exception as error:  # noqa: BLE001 - see _error_reason
+        prepared["error"] = _error_reason(error)
+    finally:
+        if prepared["frames"] is not None:
+            prepared["frames"].close()
+
+
+def _finish_prepared(prepared: dict) -> list[dict]:
+    """Cut, align and save a tracked source's clips; write its record last. Never raises: one bad file cannot
+    stop the others."""
+    source, out_dir, data_cfg, extract_cfg = prepared["job"]
     try:
         if prepared["error"]:
             raise ExtractionError(prepared["error"])
-        rows = _clips_from_tracks(source, out_dir, data_cfg, extract_cfg, prepared["source_hash"],
-                                  prepared["audio"], prepared["frames"], spool, background)
+        rows = _clips_from_tracks(source, out_dir, data_cfg, extract_cfg, prepared["source_hash"], prepared["audio"],
+                                  prepared["tracks"], prepared["frames"].decode_errors)
     except Exception as error:  # noqa: BLE001 - see _error_reason
         rows = [_failure_row(source, data_cfg, extract_cfg, prepared["source_hash"], _error_reason(error))]
     finally:
-        spool.unlink(missing_ok=True)
-        if prepared["frames"] is not None:
-            prepared["frames"].close()
+        if prepared.get("spool"):
+            prepared["spool"].unlink(missing_ok=True)
     record = dict(source=str(source["path"]), source_hash=prepared["source_hash"],
                   settings=settings_key(data_cfg, extract_cfg), rows=rows)
     (out_dir / "sources").mkdir(parents=True, exist_ok=True)
@@ -347,12 +361,12 @@ def _extract_prepared(prepared: dict, background=None) -> list[dict]:
 
 
 def extract_sequence(jobs: Iterable[tuple]) -> Iterator[list[dict]]:
-    """Extract sources one after another, yielding each one's manifest rows.
+    """Extract sources one after another, yielding each one's manifest rows in order.
 
-    While a source is tracked, a helper thread prepares the next (hash, audio, the first decoded frames), and
-    the checks for a second face run on another.
-    Written by hand because a source's start-up (ffmpeg start, audio decode, hashing) costs about 0.1 s,
-    some 40 frames of FaceMesh time at 400 frames/s; overlapped with tracking, it costs almost nothing.
+    The tracking thread only tracks. Helper threads, kept to the other CPUs, prepare the next source (hash,
+    audio, the first decoded frames), run the checks for a second face, and cut, align and save the source
+    tracked before. Written by hand because a source's start-up and saving cost some 0.1 s, about 40 frames
+    of FaceMesh time, and the reference data are short clips: done beside the tracking, they cost little.
     """
     jobs = iter(jobs)
     tracking_cpus, decoding_cpus = _split_cpus()
@@ -361,16 +375,20 @@ def extract_sequence(jobs: Iterable[tuple]) -> Iterator[list[dict]]:
         job = next(jobs, None)
         return None if job is None else helper.submit(_prepare, job)
 
-    # Two threads: one prepares the next source while the other runs the second-face checks.
-    with futures.ThreadPoolExecutor(2, thread_name_prefix="a2m-helper", initializer=_keep_to, initargs=(decoding_cpus,)) \
+    with futures.ThreadPoolExecutor(3, thread_name_prefix="a2m-helper", initializer=_keep_to, initargs=(decoding_cpus,)) \
             as helper, _kept_to(tracking_cpus):
-        upcoming = prepare_next()
+        upcoming, finishing = prepare_next(), collections.deque()
         try:
             while upcoming is not None:
                 prepared = upcoming.result()
                 upcoming = prepare_next()
-                yield _extract_prepared(prepared, background=helper)  # the second-face checks run there too
-        finally:  # stopped early: do not leave the next source's decoder running
+                _track_prepared(prepared, background=helper)
+                finishing.append(helper.submit(_finish_prepared, prepared))
+                while finishing and finishing[0].done():
+                    yield finishing.popleft().result()
+            while finishing:
+                yield finishing.popleft().result()
+        finally:  # stopped early: do not leave the next source's decoder running (saving still completes)
             if upcoming is not None and (frames := upcoming.result()["frames"]) is not None:
                 frames.close()
 
@@ -423,10 +441,9 @@ def _worker(job_queue, result_queue, cores: set[int] | None = None) -> None:
 
 
 def _clips_from_tracks(source: dict, out_dir: Path, data_cfg: DataConfig, extract_cfg: ExtractConfig,
-                       source_hash: str, audio: np.ndarray, frames: media.FrameReader, spool: Path,
-                       background=None) -> list[dict]:
+                       source_hash: str, audio: np.ndarray, tracks: tuple, decode_errors: int) -> list[dict]:
     path = source["path"]
-    landmarks, found, n_faces, extras = track_video(frames, data_cfg.fps, extract_cfg, spool, background)
+    landmarks, found, n_faces, extras = tracks
     reference = pose_reference(extract_cfg, landmarks.shape[1])
     if not found.any():
         raise ExtractionError(f"MediaPipe found no face in any of {len(found)} frames")
@@ -449,8 +466,8 @@ def _clips_from_tracks(source: dict, out_dir: Path, data_cfg: DataConfig, extrac
                    interpolated_frames=int(interpolated.sum()), multi_face_frames=int((n_faces[start:end] > 1).sum()))
         notes = [f"{row['multi_face_frames']} frames showed several faces; the largest, most central was used"] \
             if row["multi_face_frames"] else []
-        if frames.decode_errors:
-            notes.append(f"the source has {frames.decode_errors} damaged video packets, skipped (the frame before "
+        if decode_errors:
+            notes.append(f"the source has {decode_errors} damaged video packets, skipped (the frame before "
                          "them stands in for theirs)")
         row["reason"] = "; ".join(notes)
         piece_extras = {key: value if key == "blendshape_names" else value[start:end] for key, value in extras.items()}
