@@ -397,14 +397,17 @@ def _split_cpus() -> tuple[set[int] | None, set[int] | None]:
     """(CPU for tracking, CPUs for decoding and preparing) out of this process's CPUs; None, None with one CPU.
 
     FaceMesh runs its graph on several threads; kept to one CPU they hand frames to each other without
-    moving between caches: FaceMesh alone makes about 424 frames/s on one CPU and 365 free to move
+    moving between caches: FaceMesh alone makes about 406 frames/s on one CPU and 366 free to move
     (benchmarks/README.md). The decoder threads, which the helper thread starts, and the ffmpeg processes
     for audio get the other CPUs.
     """
-    if not hasattr(os, "sched_getaffinity"):
-        return None, None
-    cpus = sorted(os.sched_getaffinity(0))
+    cpus = _available_cpus()
     return (None, None) if len(cpus) < 2 else ({cpus[0]}, set(cpus[1:]))
+
+
+def _available_cpus() -> list[int]:
+    """The CPUs this thread may run on; empty where the platform cannot tell or pin (then nothing is pinned)."""
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
 
 
 def _keep_to(cpus: set[int] | None) -> None:
@@ -429,8 +432,7 @@ def _worker(job_queue, result_queue, cores: set[int] | None = None) -> None:
 
     `cores`: the CPUs this worker (and the ffmpeg decoders it starts, which inherit it) may run on.
     """
-    if cores and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, cores)
+    _keep_to(cores)
 
     def jobs():
         while (job := job_queue.get()) is not None:
@@ -535,9 +537,9 @@ def _core_groups(n_workers: int) -> list[set[int] | None]:
     machine two workers made 311 frames/s that way, and 446 with one CPU each (benchmarks/README.md).
     With more workers than CPUs, workers share CPUs round-robin.
     """
-    if not hasattr(os, "sched_getaffinity"):
+    cpus = _available_cpus()
+    if not cpus:
         return [None] * n_workers
-    cpus = sorted(os.sched_getaffinity(0))
     if n_workers >= len(cpus):
         return [{cpus[number % len(cpus)]} for number in range(n_workers)]
     return [set(map(int, group)) for group in np.array_split(cpus, n_workers)]
@@ -597,7 +599,7 @@ def extract_store(raw_dir: str | Path, out_dir: str | Path, data_cfg: DataConfig
     jobs = [(s, out_dir, data_cfg, extract_cfg) for s in sources if not _is_done(out_dir, s, settings)]
     workers = extract_cfg.workers if workers is None else workers
     if workers <= 0:
-        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        workers = len(_available_cpus()) or os.cpu_count() or 1
     started = time.time()
     bar = tqdm(total=len(jobs), desc="extract", unit="video", disable=not progress)
     if workers <= 1 or len(jobs) <= 1:
