@@ -83,10 +83,13 @@ def cmd_extract(args) -> int:
 def cmd_qa(args) -> int:
     from . import qa
 
+    from .files import project_path
+
     cfg = load_config(args.config, args.param)
-    report = qa.check_store(args.processed, cfg.qa, cfg.data.sample_rate)
+    run_dir = Path(args.run_dir) if args.run_dir else project_path(Path("runs") / cfg.name)
+    report = qa.check_store(args.processed, cfg.qa, cfg.data.sample_rate, run_dir=run_dir)
     print(report.table.to_string(index=False))
-    print(f"{len(report.accepted)} of {len(report.table)} clips pass; table in {Path(args.processed) / 'qa.csv'}")
+    print(f"{len(report.accepted)} of {len(report.table)} clips pass; decisions in {report.table_path}")
     return 0
 
 
@@ -135,9 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--shard", type=_shard, default=(0, 1), help="i/n: process every n-th source from the i-th")
     extract.set_defaults(func=cmd_extract)
 
-    qa = with_params(commands.add_parser("qa", help="alignment QA of a clip store -> qa.csv"))
+    qa = with_params(commands.add_parser("qa", help="alignment QA of a clip store -> RUN_DIR/qa.csv"))
     qa.add_argument("processed")
     qa.add_argument("--config", default=None)
+    qa.add_argument("--run-dir", default=None, help="the run the decisions belong to (default runs/<config name>)")
     qa.set_defaults(func=cmd_qa)
     return parser
 

@@ -3,7 +3,12 @@
     cfg = load_config("configs/demo.yaml", ["train.lr=1e-4", "data.raw=/videos"])
 
 Unknown keys and values of the wrong type raise ConfigError naming the key and the fix;
-nothing is silently ignored.
+nothing is silently ignored, and every key is read by some stage (a test checks).
+
+Paths: a relative config file is looked for in the working folder, then in the project root. Relative
+paths inside the config (fields made with `path_field`: data folders, MediaPipe files, a local encoder folder, a
+neutral .npz) resolve against the project root (a2m_lib.files.project_path), so `a2m run` from the
+checkout and a notebook opened in JupyterLab from notebooks/ read the same files.
 """
 from __future__ import annotations
 
@@ -16,15 +21,23 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from .files import PROJECT_ROOT, project_path
+
 
 class ConfigError(ValueError):
     """A configuration key or value that cannot be used."""
 
 
+def path_field(default: str, rule: str = "always") -> Any:
+    """A field holding a path: relative values resolve against the project root ("if_exists": only when
+    that path exists, for values that may also be a hub id)."""
+    return field(default=default, metadata={"path": rule})
+
+
 @dataclass
 class DataConfig:
-    raw: str = "data/raw/demo"  # folder of videos, optionally <speaker>/<file>
-    processed: str = "data/processed/demo"  # the clip store written by extraction
+    raw: str = path_field("data/raw/demo")  # folder of videos, optionally <speaker>/<file>
+    processed: str = path_field("data/processed/demo")  # the clip store written by extraction
     fps: float = 30.0  # video frames per second of the mesh sequences
     sample_rate: int = 16000  # audio Hz fed to the encoder
     val_fraction: float = 0.1
@@ -34,8 +47,8 @@ class DataConfig:
 @dataclass
 class ExtractConfig:
     extractor: str = "facemesh"  # facemesh (legacy FaceMesh, ships in the wheel) | tasks (needs task_file)
-    task_file: str = ""  # tasks: path to face_landmarker_v2_with_blendshapes.task (user-supplied)
-    canonical_model: str = ""  # optional: MediaPipe canonical_face_model.obj -> pose-free meshes in its cm
+    task_file: str = path_field("")  # tasks: path to face_landmarker_v2_with_blendshapes.task (user-supplied)
+    canonical_model: str = path_field("")  # optional: MediaPipe canonical_face_model.obj -> pose-free meshes in its cm
     refine_landmarks: bool = True  # 478 points (iris included); the first 468 are AniPortrait's
     min_detection_confidence: float = 0.5
     min_tracking_confidence: float = 0.5
@@ -59,13 +72,13 @@ class QAConfig:
 
 @dataclass
 class NeutralConfig:
-    neutral: str = "auto"  # auto | "<clip_id>:<frame>" | path/to/neutral.npz
+    neutral: str = path_field("auto")  # auto | "<clip_id>:<frame>" | path/to/neutral.npz | mean-closed
     top_k: int = 12  # candidates shown in the ranked table
 
 
 @dataclass
 class ModelConfig:
-    encoder: str = "facebook/wav2vec2-base-960h"  # hub id, local dir, or "scratch" (tiny, random init)
+    encoder: str = path_field("facebook/wav2vec2-base-960h", "if_exists")  # hub id, local dir, or "scratch" (small, random init)
     freeze_feature_encoder: bool = True  # AniPortrait freezes the Wav2Vec2 CNN
     only_last_features: bool = False  # False: average all transformer layers, as AniPortrait
     latent_dim: int = 512
@@ -84,10 +97,16 @@ class TrainConfig:
     weight_decay: float = 0.0
     whole_clip_fraction: float = 0.5  # share of samples that are whole clips; the rest are sub-clips
     min_subclip_frames: int = 10
-    loss: str = "l1"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_threads: int = 0  # torch CPU threads; 0 keeps torch's default
-    log_every: int = 1  # epochs between validation passes
+    validate_every: int = 1  # epochs between validation passes (the last epoch is always validated)
+
+
+@dataclass
+class EvaluateConfig:
+    split: str = "test"  # test | val | train: the clips of splits.csv to evaluate on
+    checkpoint: str = "best"  # best | last
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
 
 
 @dataclass
@@ -100,6 +119,7 @@ class Config:
     neutral: NeutralConfig = field(default_factory=NeutralConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -119,6 +139,17 @@ def _coerce(value: Any, kind: type, key: str) -> Any:
     return value
 
 
+def _resolve_path(value: str, rule: str) -> str:
+    """A relative path field -> absolute under the project root. Keywords ("auto", "scratch", a neutral's
+    "<clip_id>:<frame>") stay as they are, and so does an encoder that is not a local folder (a hub id)."""
+    if not value or Path(value).is_absolute() or value in ("auto", "mean-closed", "scratch"):
+        return value
+    if ":" in value and not value.endswith(".npz"):
+        return value
+    resolved = project_path(value)
+    return str(resolved) if rule == "always" or resolved.exists() else value
+
+
 def _build(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
@@ -136,7 +167,14 @@ def _build(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
             kwargs[key] = _build(hint_type, value, dotted + ".")
         else:
             kwargs[key] = _coerce(value, hint_type, dotted)
-    return cls(**kwargs)
+            rule = next(f for f in dataclasses.fields(cls) if f.name == key).metadata.get("path")
+            if rule:
+                kwargs[key] = _resolve_path(kwargs[key], rule)
+    built = cls(**kwargs)
+    for item in dataclasses.fields(cls):  # defaults are relative paths too
+        if item.metadata.get("path") and item.name not in kwargs:
+            setattr(built, item.name, _resolve_path(getattr(built, item.name), item.metadata["path"]))
+    return built
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
@@ -176,8 +214,10 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] | Mappi
     tree: dict = {}
     if path is not None:
         path = Path(path)
+        if not path.is_file() and not path.is_absolute() and project_path(path).is_file():
+            path = project_path(path)  # e.g. configs/demo.yaml from a kernel running in notebooks/
         if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist; pass one of configs/*.yaml")
+            raise ConfigError(f"config file {path} does not exist; pass one of {PROJECT_ROOT / 'configs'}/*.yaml")
         loaded = yaml.safe_load(path.read_text()) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping at the top level")

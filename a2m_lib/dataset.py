@@ -1,4 +1,4 @@
-"""Training data: accepted clips as (audio, offsets from the speaker's neutral) pairs.
+"""Training data: a run's accepted clips (store.load_example) as (audio, offsets from the speaker's neutral) pairs.
 
 Samples mix whole clips and random sub-clips of at least `min_subclip_frames` frames, as in AniPortrait.
 Audio is cut at exactly `frames * sample_rate / fps` samples so that padding keeps frames aligned.
@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import extract, qa
+from . import store
 from .model import normalise_audio
 
 
@@ -42,14 +42,12 @@ class ClipDataset(torch.utils.data.Dataset):
         for row in clips.itertuples():
             if row.speaker not in neutrals:
                 raise KeyError(f"no neutral for speaker '{row.speaker}' (clip {row.clip_id}); re-run neutral selection")
-            clip = extract.load_clip(processed, row.clip_id)
-            fps = float(clip["meta"]["fps"])
-            offsets = clip["mesh"][:, :n_vertices] - neutrals[row.speaker][:n_vertices]   # (T, V, 3)
-            valid = np.isfinite(offsets).all(axis=(1, 2))                                  # (T,)
-            audio = qa.shift_audio(clip["audio"], int(getattr(row, "audio_shift_frames", 0)), sample_rate / fps)
-            self.items.append(dict(clip_id=row.clip_id, speaker=row.speaker, audio=normalise_audio(audio),
-                                   offsets=np.nan_to_num(offsets).astype(np.float32), valid=valid,
-                                   samples_per_frame=sample_rate / fps))
+            example = store.load_example(processed, row.clip_id, int(getattr(row, "audio_shift_frames", 0)),
+                                         sample_rate, n_vertices)
+            offsets = example.mesh - neutrals[row.speaker][:n_vertices]                   # (T, V, 3)
+            self.items.append(dict(clip_id=row.clip_id, speaker=row.speaker, audio=normalise_audio(example.audio),
+                                   offsets=np.nan_to_num(offsets).astype(np.float32), valid=example.valid,
+                                   samples_per_frame=example.samples_per_frame))
         self.whole_clip_fraction = whole_clip_fraction
         self.min_subclip_frames = min_subclip_frames
         self.rng = np.random.default_rng(seed)

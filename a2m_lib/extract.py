@@ -5,15 +5,8 @@
 Per source video: audio is decoded on the video's clock (stream start times honoured), frames are
 resampled to `data.fps` by timestamp and streamed through MediaPipe FaceMesh in tracking mode. Face
 gaps of up to `extract.max_gap_frames` are interpolated and marked; longer gaps end a clip. Videos
-longer than `extract.segment_max_seconds` are cut into clips at speech pauses.
-
-Layout of the clip store (`data.processed`):
-
-    clips/<clip_id>.npz     one file per clip (see CLIP_KEYS), written then renamed: never half-written
-    sources/<source>.json   per source: its hash, the settings, and its manifest rows (clips, skipped
-                            pieces, or the failure), written last, so it marks the source as done
-    manifest.csv            all rows of sources/*.json: one per clip, per skipped piece, per failed source
-    tmp/                    landmarks of the video being tracked, spooled to disk (deleted when done)
+longer than `extract.segment_max_seconds` are cut into clips at speech pauses. The store's layout and
+clip schema are in a2m_lib.store; the worker processes and CPU placement in a2m_lib.workers.
 
 A source whose record has the same source hash and extractor settings is skipped, so an interrupted
 extraction resumes where it stopped, and shards run on several machines merge by copying folders.
@@ -25,14 +18,11 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as futures
-import contextlib
 import hashlib
 import json
-import multiprocessing
 import os
-import queue
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -40,27 +30,11 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import media, mesh
+from . import files, media, mesh, store
+from . import workers as pool
 from .config import DataConfig, ExtractConfig
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".m4v"}
-MANIFEST_COLUMNS = ["clip_id", "speaker", "language", "source", "start", "end", "n_frames", "audio_seconds",
-                    "fps", "status", "reason", "settings", "source_hash", "interpolated_frames", "multi_face_frames"]
-CLIP_KEYS = {
-    "mesh": "(T, 478, 3) float32 pose-free mesh in mesh units (see a2m_lib.mesh); NaN where no face",
-    "landmarks_image": "(T, 478, 3) float32 MediaPipe landmarks in source pixels (z on the x scale)",
-    "face_found": "(T,) bool, MediaPipe found a face in this frame",
-    "interpolated": "(T,) bool, landmarks interpolated across a short detection gap",
-    "n_faces": "(T,) int, faces seen; the largest, most central one was used",
-    "repeated": "(T,) bool, the frame repeats the previous one (source frame rate below data.fps); landmarks copied",
-    "pose_scale": "(T,) float32, image -> mesh: mesh = scale * R @ landmark + t",
-    "pose_rotation": "(T, 3, 3) float32 R",
-    "pose_translation": "(T, 3) float32 t",
-    "audio": "(samples,) float32 mono at sample_rate Hz, starting at the clip's first frame",
-    "blendshapes": "tasks extractor only: (T, 52) float32 MediaPipe blendshape scores (names in blendshape_names)",
-    "transformation_matrix": "tasks extractor only: (T, 4, 4) float32 facial transformation matrix",
-    "meta": "JSON string: the clip's manifest row",
-}
 
 
 class ExtractionError(RuntimeError):
@@ -276,13 +250,9 @@ def _save_clip(out_dir: Path, clip_id: str, row: dict, landmarks: np.ndarray, fo
     if usable.any():
         meshes[usable], scales[usable], rotations[usable], translations[usable] = mesh.remove_pose_batch(
             landmarks[usable], reference)
-    clips_dir = out_dir / "clips"
-    clips_dir.mkdir(parents=True, exist_ok=True)
-    tmp = clips_dir / f"{clip_id}.part.npz"
-    np.savez(tmp, mesh=meshes, landmarks_image=landmarks, face_found=found, interpolated=interpolated,
-             n_faces=n_faces, pose_scale=scales, pose_rotation=rotations, pose_translation=translations,
-             audio=audio, meta=json.dumps(row), **extras)
-    tmp.replace(clips_dir / f"{clip_id}.npz")
+    store.save_clip(out_dir, clip_id, dict(
+        mesh=meshes, landmarks_image=landmarks, face_found=found, interpolated=interpolated, n_faces=n_faces,
+        pose_scale=scales, pose_rotation=rotations, pose_translation=translations, audio=audio, **extras), row)
 
 
 def checked_audio(path: Path, data_cfg: DataConfig) -> np.ndarray:
@@ -309,58 +279,78 @@ def _error_reason(error: Exception) -> str:
     return f"{type(error).__name__}: {error}"  # any other failure is recorded per file, with its type
 
 
-def _prepare(job: tuple) -> dict:
+@dataclass
+class Job:
+    """One source to extract, and the settings it is extracted with (picklable: sent to worker processes)."""
+
+    source: dict  # path, source_key, speaker, language (find_sources)
+    out_dir: Path
+    data_cfg: DataConfig
+    extract_cfg: ExtractConfig
+
+
+@dataclass
+class SourceState:
+    """A source on its way through prepare -> track -> finish; `error` set means it will be recorded as failed."""
+
+    job: Job
+    source_hash: str = ""
+    audio: np.ndarray | None = None
+    frames: media.FrameReader | None = None
+    spool: Path | None = None
+    tracks: tuple | None = None  # (SpooledLandmarks, found, n_faces, extras) from track_video
+    error: str | None = None
+
+
+def _prepare(job: Job) -> SourceState:
     """What can start before the previous source is done: its hash, stream checks, audio and frame decoder.
 
     Never raises; a failure comes back as `error`, to be recorded against the file.
     """
-    source, _, data_cfg, _ = job
-    prepared = dict(job=job, source_hash="", audio=None, frames=None, error=None)
+    state = SourceState(job)
     try:
-        prepared["source_hash"] = file_hash(source["path"])
-        prepared["audio"] = checked_audio(source["path"], data_cfg)
-        prepared["frames"] = media.FrameReader(source["path"], data_cfg.fps)
+        state.source_hash = file_hash(job.source["path"])
+        state.audio = checked_audio(job.source["path"], job.data_cfg)
+        state.frames = media.FrameReader(job.source["path"], job.data_cfg.fps)
     except Exception as error:  # noqa: BLE001 - see _error_reason
-        prepared["error"] = _error_reason(error)
-    return prepared
+        state.error = _error_reason(error)
+    return state
 
 
-def _track_prepared(prepared: dict, background=None) -> None:
+def _track(state: SourceState, background=None) -> None:
     """Run the face tracker over a prepared source: all the tracking thread does. Never raises."""
-    source, out_dir, data_cfg, extract_cfg = prepared["job"]
-    prepared["spool"] = out_dir / "tmp" / f"{source['source_key']}.landmarks.f32"
+    job = state.job
+    state.spool = job.out_dir / "tmp" / f"{job.source['source_key']}.landmarks.f32"
     try:
-        if prepared["error"] is None:
-            prepared["tracks"] = track_video(prepared["frames"], data_cfg.fps, extract_cfg, prepared["spool"], background)
+        if state.error is None:
+            state.tracks = track_video(state.frames, job.data_cfg.fps, job.extract_cfg, state.spool, background)
     except Exception as error:  # noqa: BLE001 - see _error_reason
-        prepared["error"] = _error_reason(error)
+        state.error = _error_reason(error)
     finally:
-        if prepared["frames"] is not None:
-            prepared["frames"].close()
+        if state.frames is not None:
+            state.frames.close()
 
 
-def _finish_prepared(prepared: dict) -> list[dict]:
+def _finish(state: SourceState) -> list[dict]:
     """Cut, align and save a tracked source's clips; write its record last. Never raises: one bad file cannot
     stop the others."""
-    source, out_dir, data_cfg, extract_cfg = prepared["job"]
+    job = state.job
     try:
-        if prepared["error"]:
-            raise ExtractionError(prepared["error"])
-        rows = _clips_from_tracks(source, out_dir, data_cfg, extract_cfg, prepared["source_hash"], prepared["audio"],
-                                  prepared["tracks"], prepared["frames"].decode_errors)
+        if state.error:
+            raise ExtractionError(state.error)
+        rows = _clips_from_tracks(job, state.source_hash, state.audio, state.tracks, state.frames.decode_errors)
     except Exception as error:  # noqa: BLE001 - see _error_reason
-        rows = [_failure_row(source, data_cfg, extract_cfg, prepared["source_hash"], _error_reason(error))]
+        rows = [_failure_row(job, state.source_hash, _error_reason(error))]
     finally:
-        if prepared.get("spool"):
-            prepared["spool"].unlink(missing_ok=True)
-    record = dict(source=str(source["path"]), source_hash=prepared["source_hash"],
-                  settings=settings_key(data_cfg, extract_cfg), rows=rows)
-    (out_dir / "sources").mkdir(parents=True, exist_ok=True)
-    media.write_json_atomic(out_dir / "sources" / f"{source['source_key']}.json", record)
+        if state.spool is not None:
+            state.spool.unlink(missing_ok=True)
+    record = dict(source=str(job.source["path"]), source_hash=state.source_hash,
+                  settings=settings_key(job.data_cfg, job.extract_cfg), rows=rows)
+    files.write_json(store.source_record_path(job.out_dir, job.source["source_key"]), record)
     return rows
 
 
-def extract_sequence(jobs: Iterable[tuple]) -> Iterator[list[dict]]:
+def extract_sequence(jobs: Iterable[Job]) -> Iterator[list[dict]]:
     """Extract sources one after another, yielding each one's manifest rows in order.
 
     The tracking thread only tracks. Helper threads, kept to the other CPUs, prepare the next source (hash,
@@ -369,82 +359,32 @@ def extract_sequence(jobs: Iterable[tuple]) -> Iterator[list[dict]]:
     of FaceMesh time, and the reference data are short clips: done beside the tracking, they cost little.
     """
     jobs = iter(jobs)
-    tracking_cpus, decoding_cpus = _split_cpus()
+    tracking_cpus, decoding_cpus = pool.split_cpus()
 
     def prepare_next():
         job = next(jobs, None)
         return None if job is None else helper.submit(_prepare, job)
 
-    with futures.ThreadPoolExecutor(3, thread_name_prefix="a2m-helper", initializer=_keep_to, initargs=(decoding_cpus,)) \
-            as helper, _kept_to(tracking_cpus):
+    with futures.ThreadPoolExecutor(3, thread_name_prefix="a2m-helper", initializer=pool.keep_to,
+                                    initargs=(decoding_cpus,)) as helper, pool.kept_to(tracking_cpus):
         upcoming, finishing = prepare_next(), collections.deque()
         try:
             while upcoming is not None:
-                prepared = upcoming.result()
+                state = upcoming.result()
                 upcoming = prepare_next()
-                _track_prepared(prepared, background=helper)
-                finishing.append(helper.submit(_finish_prepared, prepared))
+                _track(state, background=helper)
+                finishing.append(helper.submit(_finish, state))
                 while finishing and finishing[0].done():
                     yield finishing.popleft().result()
             while finishing:
                 yield finishing.popleft().result()
         finally:  # stopped early: do not leave the next source's decoder running (saving still completes)
-            if upcoming is not None and (frames := upcoming.result()["frames"]) is not None:
+            if upcoming is not None and (frames := upcoming.result().frames) is not None:
                 frames.close()
 
 
-def _split_cpus() -> tuple[set[int] | None, set[int] | None]:
-    """(CPU for tracking, CPUs for decoding and preparing) out of this process's CPUs; None, None with one CPU.
-
-    FaceMesh runs its graph on several threads; kept to one CPU they hand frames to each other without
-    moving between caches: FaceMesh alone makes about 406 frames/s on one CPU and 366 free to move
-    (benchmarks/README.md). The decoder threads, which the helper thread starts, and the ffmpeg processes
-    for audio get the other CPUs.
-    """
-    cpus = _available_cpus()
-    return (None, None) if len(cpus) < 2 else ({cpus[0]}, set(cpus[1:]))
-
-
-def _available_cpus() -> list[int]:
-    """The CPUs this thread may run on; empty where the platform cannot tell or pin (then nothing is pinned)."""
-    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-
-
-def _keep_to(cpus: set[int] | None) -> None:
-    """Keep the calling thread (and the threads and processes it starts later) to `cpus`."""
-    if cpus:
-        os.sched_setaffinity(0, cpus)  # on Linux, pid 0 is the calling thread, not the whole process
-
-
-@contextlib.contextmanager
-def _kept_to(cpus: set[int] | None):
-    """The calling thread kept to `cpus` for the duration; afterwards it may run anywhere it could before."""
-    before = os.sched_getaffinity(0) if cpus else None
-    _keep_to(cpus)
-    try:
-        yield
-    finally:
-        _keep_to(before)
-
-
-def _worker(job_queue, result_queue, cores: set[int] | None = None) -> None:
-    """A worker process: extract sources from the shared queue until it hands out None; send back their rows.
-
-    `cores`: the CPUs this worker (and the ffmpeg decoders it starts, which inherit it) may run on.
-    """
-    _keep_to(cores)
-
-    def jobs():
-        while (job := job_queue.get()) is not None:
-            yield job
-
-    for rows in extract_sequence(jobs()):
-        result_queue.put(rows)
-
-
-def _clips_from_tracks(source: dict, out_dir: Path, data_cfg: DataConfig, extract_cfg: ExtractConfig,
-                       source_hash: str, audio: np.ndarray, tracks: tuple, decode_errors: int) -> list[dict]:
-    path = source["path"]
+def _clips_from_tracks(job: Job, source_hash: str, audio: np.ndarray, tracks: tuple, decode_errors: int) -> list[dict]:
+    source, data_cfg, extract_cfg = job.source, job.data_cfg, job.extract_cfg
     landmarks, found, n_faces, extras = tracks
     reference = pose_reference(extract_cfg, landmarks.shape[1])
     if not found.any():
@@ -453,7 +393,7 @@ def _clips_from_tracks(source: dict, out_dir: Path, data_cfg: DataConfig, extrac
     fps, samples_per_frame = data_cfg.fps, data_cfg.sample_rate / data_cfg.fps
     energy = frame_energy(audio, data_cfg.sample_rate, fps, len(found))
     clips, skipped = plan_clips(found, energy, fps, extract_cfg)
-    common = dict(speaker=source["speaker"], language=source["language"], source=str(path), fps=fps,
+    common = dict(speaker=source["speaker"], language=source["language"], source=str(source["path"]), fps=fps,
                   settings=settings_key(data_cfg, extract_cfg), source_hash=source_hash)
     rows = []
     for number, (start, end) in enumerate(clips):
@@ -473,7 +413,7 @@ def _clips_from_tracks(source: dict, out_dir: Path, data_cfg: DataConfig, extrac
                          "them stands in for theirs)")
         row["reason"] = "; ".join(notes)
         piece_extras = {key: value if key == "blendshape_names" else value[start:end] for key, value in extras.items()}
-        _save_clip(out_dir, clip_id, row, piece_landmarks, found[start:end], interpolated, n_faces[start:end],
+        _save_clip(job.out_dir, clip_id, row, piece_landmarks, found[start:end], interpolated, n_faces[start:end],
                    piece_audio, reference, piece_extras)
         rows.append(row)
     for start, end, reason in skipped:
@@ -484,107 +424,30 @@ def _clips_from_tracks(source: dict, out_dir: Path, data_cfg: DataConfig, extrac
     return rows
 
 
-def _failure_row(source: dict, data_cfg: DataConfig, extract_cfg: ExtractConfig, source_hash: str, reason: str) -> dict:
-    return dict(clip_id="", speaker=source["speaker"], language=source["language"], source=str(source["path"]),
-                start=np.nan, end=np.nan, n_frames=0, audio_seconds=np.nan, fps=data_cfg.fps, status="failed",
-                reason=reason, settings=settings_key(data_cfg, extract_cfg), source_hash=source_hash,
+def _failure_row(job: Job, source_hash: str, reason: str) -> dict:
+    return dict(clip_id="", speaker=job.source["speaker"], language=job.source["language"],
+                source=str(job.source["path"]), start=np.nan, end=np.nan, n_frames=0, audio_seconds=np.nan,
+                fps=job.data_cfg.fps, status="failed", reason=reason,
+                settings=settings_key(job.data_cfg, job.extract_cfg), source_hash=source_hash,
                 interpolated_frames=0, multi_face_frames=0)
 
 
-def load_clip(out_dir: str | Path, clip_id: str) -> dict:
-    """One clip of the store as a dict of arrays (keys: CLIP_KEYS), `meta` parsed."""
-    path = Path(out_dir) / "clips" / f"{clip_id}.npz"
-    if not path.exists():
-        raise FileNotFoundError(f"clip {path} does not exist; re-run extraction (notebook 01) for {out_dir}")
-    try:
-        with np.load(path) as data:
-            clip = {key: data[key] for key in data.files}
-        clip["meta"] = json.loads(str(clip["meta"]))
-    except Exception as error:  # noqa: BLE001 - any unreadable file gets the same advice
-        raise ValueError(f"clip file {path} is unreadable ({type(error).__name__}: {error}); delete it and "
-                         f"re-run extraction, which redoes only what is missing") from error
-    return clip
-
-
 def _is_done(out_dir: Path, source: dict, settings: str) -> bool:
-    record_path = out_dir / "sources" / f"{source['source_key']}.json"
+    record_path = store.source_record_path(out_dir, source["source_key"])
     if not record_path.exists():
         return False
     record = json.loads(record_path.read_text())
     if record["settings"] != settings or record["source_hash"] != file_hash(source["path"]):
         return False
-    return all((out_dir / "clips" / f"{row['clip_id']}.npz").exists() for row in record["rows"] if row["clip_id"])
-
-
-def write_manifest(out_dir: str | Path) -> pd.DataFrame:
-    """Rebuild manifest.csv from sources/*.json (so shards written separately merge)."""
-    out_dir = Path(out_dir)
-    rows = [row for record_path in sorted((out_dir / "sources").glob("*.json"))
-            for row in json.loads(record_path.read_text())["rows"]]
-    import pandas as pd
-
-    manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
-    tmp = out_dir / "manifest.csv.part"
-    manifest.to_csv(tmp, index=False)
-    tmp.replace(out_dir / "manifest.csv")
-    return manifest
-
-
-def _core_groups(n_workers: int) -> list[set[int] | None]:
-    """The CPUs each worker keeps to: the available ones split into `n_workers` groups.
-
-    Without it, every worker would keep its FaceMesh to the same first CPU (see _split_cpus): on a 2-core
-    machine two workers made 311 frames/s that way, and 446 with one CPU each (benchmarks/README.md).
-    With more workers than CPUs, workers share CPUs round-robin.
-    """
-    cpus = _available_cpus()
-    if not cpus:
-        return [None] * n_workers
-    if n_workers >= len(cpus):
-        return [{cpus[number % len(cpus)]} for number in range(n_workers)]
-    return [set(map(int, group)) for group in np.array_split(cpus, n_workers)]
-
-
-def _run_workers(jobs: list[tuple], workers: int, bar) -> list[str]:
-    """Run jobs on `workers` processes that pull from one queue (so long and short videos balance out).
-
-    Returns the sources left unfinished because a worker process died (a crash inside a native library);
-    the other workers carry on with the rest of the queue.
-    """
-    context = multiprocessing.get_context("spawn")  # MediaPipe graphs must not be inherited through fork
-    job_queue, result_queue = context.Queue(), context.Queue()
-    n_processes = min(workers, len(jobs))
-    for job in jobs + [None] * n_processes:
-        job_queue.put(job)
-    processes = [context.Process(target=_worker, args=(job_queue, result_queue, cores), name=f"a2m-extract-{number}")
-                 for number, cores in enumerate(_core_groups(n_processes))]
-    for process in processes:
-        process.start()
-    finished = set()
-    try:
-        while len(finished) < len(jobs):
-            try:
-                rows = result_queue.get(timeout=1.0)
-            except queue.Empty:
-                if not any(process.is_alive() for process in processes):
-                    break
-                continue
-            finished.add(rows[0]["source"])
-            bar.update()
-    finally:
-        for process in processes:
-            if len(finished) == len(jobs):
-                process.join()
-            else:
-                process.terminate()
-    return [str(job[0]["path"]) for job in jobs if str(job[0]["path"]) not in finished]
+    return all(store.clip_path(out_dir, row["clip_id"]).exists() for row in record["rows"] if row["clip_id"])
 
 
 def extract_store(raw_dir: str | Path, out_dir: str | Path, data_cfg: DataConfig, extract_cfg: ExtractConfig,
-                  workers: int | None = None, shard: tuple[int, int] = (0, 1), progress: bool = True) -> pd.DataFrame:
+                  workers: int | None = None, shard: tuple[int, int] = (0, 1), progress: bool = True):
     """Extract every video under raw_dir (this shard's share) into the clip store; return the manifest.
 
-    `workers`: processes (default `extract_cfg.workers`; 0 = one per CPU).
+    `workers`: processes (default `extract_cfg.workers`; 0 = one per CPU). MediaPipe's native log goes to
+    a file and only its lines that are not known chatter reach Python's logging (a2m_lib.workers).
     """
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -596,23 +459,29 @@ def extract_store(raw_dir: str | Path, out_dir: str | Path, data_cfg: DataConfig
     if extract_cfg.extractor == "tasks" and not extract_cfg.task_file:
         raise FileNotFoundError("extract.extractor=tasks needs extract.task_file: the path to a FaceLandmarker .task file")
     sources = [s for number, s in enumerate(find_sources(raw_dir)) if number % count == index]
-    jobs = [(s, out_dir, data_cfg, extract_cfg) for s in sources if not _is_done(out_dir, s, settings)]
-    workers = extract_cfg.workers if workers is None else workers
-    if workers <= 0:
-        workers = len(_available_cpus()) or os.cpu_count() or 1
+    jobs = [Job(s, out_dir, data_cfg, extract_cfg) for s in sources if not _is_done(out_dir, s, settings)]
+    n_workers = extract_cfg.workers if workers is None else workers
+    if n_workers <= 0:
+        n_workers = len(pool.available_cpus()) or os.cpu_count() or 1
     started = time.time()
-    bar = tqdm(total=len(jobs), desc="extract", unit="video", disable=not progress)
-    if workers <= 1 or len(jobs) <= 1:
-        for _ in extract_sequence(jobs):
-            bar.update()
-        unfinished = []
-    else:
-        unfinished = _run_workers(jobs, workers, bar)
-    bar.close()
-    manifest = write_manifest(out_dir)
+    log_dir = out_dir / "tmp"
+    with pool.native_stderr_to(log_dir / "native.log") as native_log:
+        bar = tqdm(total=len(jobs), desc="extract", unit="video", disable=not progress)
+        if n_workers <= 1 or len(jobs) <= 1:
+            for _ in extract_sequence(jobs):
+                bar.update()
+            unfinished = []
+        else:
+            unfinished = pool.run_processes(
+                extract_sequence, jobs, n_workers, on_result=lambda _: bar.update(), key=lambda rows: rows[0]["source"],
+                job_key=lambda job: str(job.source["path"]), log_dir=log_dir)
+        bar.close()
+    pool.forward_native_log(native_log)
+    manifest = store.write_manifest(out_dir)
     if unfinished:
-        raise RuntimeError(f"an extraction worker process died; {len(unfinished)} source(s) were not finished: "
-                           f"{', '.join(unfinished[:5])}{' ...' if len(unfinished) > 5 else ''}. Everything else is "
+        paths = [str(job.source["path"]) for job in unfinished]
+        raise RuntimeError(f"an extraction worker process died; {len(paths)} source(s) were not finished: "
+                           f"{', '.join(paths[:5])}{' ...' if len(paths) > 5 else ''}. Everything else is "
                            "saved: run the same command again to resume, with --workers 1 to see the error of a file "
                            "that keeps failing")
     if progress:
@@ -621,34 +490,3 @@ def extract_store(raw_dir: str | Path, out_dir: str | Path, data_cfg: DataConfig
               f"{counts.get('ok', 0)} clips, {counts.get('skipped', 0)} skipped pieces, {counts.get('failed', 0)} failed sources")
     return manifest
 
-
-def plot_clip(processed: str | Path, clip_id: str):
-    """A frame with its landmarks, the pose-free mesh from the front and the side, and the mouth over time."""
-    import matplotlib.pyplot as plt
-
-    clip = load_clip(processed, clip_id)
-    meta = clip["meta"]
-    frame_index = int(np.argmax(clip["face_found"]))
-    frame = media.read_frame(meta["source"], float(meta["start"]) + frame_index / float(meta["fps"]))
-    fig, axes = plt.subplots(1, 4, figsize=(15, 3.6), gridspec_kw={"width_ratios": [1, 1, 1, 2]})
-    if frame is not None:
-        axes[0].imshow(frame)
-    points = clip["landmarks_image"][frame_index]
-    axes[0].scatter(points[:, 0], points[:, 1], s=0.3, color="lime")
-    axes[0].set(title=f"frame {frame_index} + landmarks")
-    shape = clip["mesh"][frame_index]
-    axes[1].scatter(shape[:, 0], shape[:, 1], s=0.5)
-    axes[1].set(title="pose-free mesh, front", xlabel="x")
-    axes[2].scatter(shape[:, 2], shape[:, 1], s=0.5)
-    axes[2].set(title="side", xlabel="z")
-    for axis in axes[:3]:
-        axis.set_aspect("equal")
-        axis.invert_yaxis() if axis is not axes[0] else None
-    t = np.arange(len(clip["mesh"])) / float(meta["fps"])
-    axes[3].plot(t, mesh.mouth_opening(clip["mesh"]), label="inner-lip gap (mesh units)")
-    axes[3].fill_between(t, 0, (~clip["face_found"]) * np.nanmax(mesh.mouth_opening(clip["mesh"])), color="tab:red",
-                         alpha=0.3, label="no face")
-    axes[3].set(xlabel="seconds", title=clip_id)
-    axes[3].legend(fontsize=8)
-    fig.tight_layout()
-    return fig

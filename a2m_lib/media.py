@@ -2,7 +2,6 @@
 (FFmpeg's libraries, in process) for the frames that extraction streams through FaceMesh."""
 from __future__ import annotations
 
-import json
 import queue
 import subprocess
 import threading
@@ -13,6 +12,8 @@ import av
 import imageio_ffmpeg
 import numpy as np
 import soundfile
+
+from . import files
 
 
 class MediaError(RuntimeError):
@@ -170,33 +171,25 @@ def iter_frames(path: str | Path, fps: float) -> Iterator[np.ndarray]:
 def write_video(path: str | Path, frames: np.ndarray, fps: float, audio: np.ndarray | None, sample_rate: int) -> None:
     """Write an H.264 + AAC mp4 atomically (temporary name, then rename)."""
     path = Path(path)
-    tmp = path.with_name(path.stem + ".part" + path.suffix)
-    wav = path.with_name(path.stem + ".part.wav")
+    wav = files.part_path(path.with_suffix(".wav")) if audio is not None else None
     height, width = frames.shape[1:3]
     try:
-        if audio is not None:
+        if wav is not None:
             soundfile.write(wav, audio, sample_rate, subtype="PCM_16")
-        writer = imageio_ffmpeg.write_frames(
-            str(tmp), (width, height), fps=fps, codec="libx264", pix_fmt_out="yuv420p", quality=None,
-            output_params=["-crf", "18", "-preset", "veryfast"],
-            audio_path=str(wav) if audio is not None else None, audio_codec="aac" if audio is not None else None,
-            macro_block_size=1, ffmpeg_log_level="error",
-        )
-        writer.send(None)
-        for frame in frames:
-            writer.send(np.ascontiguousarray(frame))
-        writer.close()
-        tmp.replace(path)
+        with files.atomic_path(path) as tmp:
+            writer = imageio_ffmpeg.write_frames(
+                str(tmp), (width, height), fps=fps, codec="libx264", pix_fmt_out="yuv420p", quality=None,
+                output_params=["-crf", "18", "-preset", "veryfast"],
+                audio_path=str(wav) if wav else None, audio_codec="aac" if wav else None,
+                macro_block_size=1, ffmpeg_log_level="error",
+            )
+            writer.send(None)
+            for frame in frames:
+                writer.send(np.ascontiguousarray(frame))
+            writer.close()
     finally:
-        wav.unlink(missing_ok=True)
-        tmp.unlink(missing_ok=True)
-
-
-def write_json_atomic(path: str | Path, obj) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    tmp.replace(path)
+        if wav is not None:
+            wav.unlink(missing_ok=True)
 
 
 def read_frame(path: str | Path, seconds: float) -> np.ndarray | None:

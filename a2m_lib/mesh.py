@@ -13,18 +13,8 @@ import mediapipe as mp
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-N_LANDMARKS_REFINED = 478
-N_LANDMARKS = 468  # AniPortrait's set: the refined mesh without the 10 iris points
+from .regions import CHIN, EYE_CORNERS_OUTER, FOREHEAD, N_LANDMARKS, N_LANDMARKS_REFINED, STABLE
 
-LIP_VERTICES = np.array(sorted({i for edge in mp.solutions.face_mesh.FACEMESH_LIPS for i in edge}))
-UPPER_INNER_LIP, LOWER_INNER_LIP = 13, 14
-MOUTH_CORNERS = (61, 291)
-EYE_LIDS = ((159, 145), (386, 374))  # (upper, lower) per eye
-EYE_CORNERS_OUTER = (33, 263)
-CHIN, FOREHEAD = 152, 10
-# Forehead, nose bridge, eye corners and temples: points that speech does not move.
-STABLE_VERTICES = np.array([10, 151, 9, 8, 168, 6, 197, 195, 5, 4, 33, 133, 362, 263,
-                            127, 356, 234, 454, 21, 251, 103, 332, 109, 338, 67, 297])
 EYE_CORNER_UNITS = 9.0
 
 _ASSETS = Path(__file__).parent / "assets"
@@ -200,7 +190,7 @@ class TasksTracker:
 def load_canonical_model(path: str | Path, n_points: int = N_LANDMARKS_REFINED) -> np.ndarray:
     """MediaPipe's canonical face model (.obj, cm, y up, z towards the viewer) as a pose-removal reference
     in this module's axes (y down, z away), (n_points, 3). Points the file lacks (the iris) are 0: the
-    fit uses STABLE_VERTICES only."""
+    fit uses STABLE only."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"canonical model {path} does not exist; point extract.canonical_model at "
@@ -222,13 +212,13 @@ def remove_pose(landmarks: np.ndarray, reference: np.ndarray | None = None):
 def remove_pose_batch(landmarks: np.ndarray, reference: np.ndarray | None = None):
     """remove_pose for (T, N, 3) at once: (meshes, scales (T,), rotations (T, 3, 3), translations (T, 3)).
 
-    The least-squares similarity (Umeyama) mapping each frame's STABLE_VERTICES onto the reference's, written
+    The least-squares similarity (Umeyama) mapping each frame's STABLE onto the reference's, written
     out with a batched SVD: scipy's solver (Rotation.align_vectors) takes one frame per call, and at 0.14 ms
     a frame costs a twentieth of FaceMesh's budget.
     """
     reference = reference_mesh() if reference is None else reference
-    source = landmarks[:, STABLE_VERTICES].astype(np.float64)                  # (T, K, 3)
-    target = reference[STABLE_VERTICES].astype(np.float64)                     # (K, 3)
+    source = landmarks[:, STABLE].astype(np.float64)                  # (T, K, 3)
+    target = reference[STABLE].astype(np.float64)                     # (K, 3)
     source_mean, target_mean = source.mean(1, keepdims=True), target.mean(0)
     source_c, target_c = source - source_mean, target - target_mean
     covariance = np.einsum("kj,tki->tji", target_c, source_c)                 # (T, 3, 3) = sum target_c source_c^T
@@ -248,7 +238,7 @@ def canonicalise(landmarks: np.ndarray) -> np.ndarray:
     eye_line = landmarks[EYE_CORNERS_OUTER[1]] - landmarks[EYE_CORNERS_OUTER[0]]
     up = landmarks[FOREHEAD] - landmarks[CHIN]
     rotation, _ = Rotation.align_vectors([[1, 0, 0], [0, -1, 0]], [eye_line, up], weights=[np.inf, 1])
-    upright = rotation.apply(landmarks - landmarks[STABLE_VERTICES].mean(0))
+    upright = rotation.apply(landmarks - landmarks[STABLE].mean(0))
     scale = EYE_CORNER_UNITS / np.linalg.norm(upright[EYE_CORNERS_OUTER[1]] - upright[EYE_CORNERS_OUTER[0]])
     return (upright * scale).astype(np.float32)
 
@@ -268,14 +258,3 @@ def build_reference_mesh() -> np.ndarray:
 def reference_mesh() -> np.ndarray:
     """The fixed (478, 3) reference every pose-free mesh is aligned to (stored; rebuilt by build_reference_mesh)."""
     return np.load(_ASSETS / "reference_mesh.npy")
-
-
-def mouth_opening(meshes: np.ndarray) -> np.ndarray:
-    """Inner-lip gap in mesh units, (..., N, 3) -> (...)."""
-    return np.linalg.norm(meshes[..., LOWER_INNER_LIP, :] - meshes[..., UPPER_INNER_LIP, :], axis=-1)
-
-
-def eye_opening(meshes: np.ndarray) -> np.ndarray:
-    """Mean upper-to-lower eyelid gap of both eyes in mesh units, (..., N, 3) -> (...)."""
-    gaps = [np.linalg.norm(meshes[..., lower, :] - meshes[..., upper, :], axis=-1) for upper, lower in EYE_LIDS]
-    return (gaps[0] + gaps[1]) / 2

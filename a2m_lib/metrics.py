@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .mesh import LIP_VERTICES
+from .regions import LIPS, mouth_opening
 
 
 def lip_vertex_error(prediction: np.ndarray, target: np.ndarray) -> float:
     """LVE: per frame, the largest L2 error over the lip vertices; averaged over frames. (T, V, 3) each."""
-    per_vertex = np.linalg.norm(prediction[:, LIP_VERTICES] - target[:, LIP_VERTICES], axis=-1)  # (T, lips)
+    per_vertex = np.linalg.norm(prediction[:, LIPS] - target[:, LIPS], axis=-1)  # (T, lips)
     return float(per_vertex.max(axis=1).mean())
 
 
@@ -19,8 +19,6 @@ def mean_vertex_error(prediction: np.ndarray, target: np.ndarray) -> float:
 
 def mouth_opening_correlation(prediction: np.ndarray, target: np.ndarray) -> float:
     """Pearson correlation of predicted and true inner-lip gaps over frames (lip-sync shape, not size)."""
-    from .mesh import mouth_opening
-
     predicted, true = mouth_opening(prediction), mouth_opening(target)
     if predicted.std() < 1e-6 or true.std() < 1e-6:  # a constant prediction has no correlation
         return 0.0

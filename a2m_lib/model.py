@@ -3,22 +3,37 @@ Wav2Vec2 transformer, then a linear in/out head predicting per-frame offsets fro
 
     model = Audio2Mesh(cfg.model)                 # encoder from cfg.model.encoder (hub id or local dir)
     offsets = model(audio, n_frames)              # (B, samples) -> (B, n_frames, V, 3)
-    model.save_pretrained("runs/x/model")         # weights + config, loadable without any hub
-    model = Audio2Mesh.from_pretrained("runs/x/model")
+    model.save_pretrained("runs/x/model")         # model.safetensors + config.json, loadable without any hub
+    model = load_model("runs/x/model")            # ... or a training checkpoint, runs/x/checkpoints/best.pt
+
+Loading never runs code. A shared model is safetensors weights plus a JSON config; a training
+checkpoint is read with `torch.load(weights_only=True)`, which unpickles only tensors and plain values.
+Anything else is refused with UnsafeModelFileError, naming the file. Outside a2m:
+`safetensors.torch.load_file("model.safetensors")` and `json.load(open("config.json"))`.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
 from pathlib import Path
 
+import safetensors.torch
 import torch
 import torch.nn.functional as F
 from torch import nn
 import numpy as np
 from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
+from . import files
 from .config import ModelConfig
+
+WEIGHTS_NAME, CONFIG_NAME = "model.safetensors", "config.json"
+MESH_UNITS = "mesh units (~cm): pose-free MediaPipe meshes, outer eye corners 9.0 apart (a2m_lib.mesh)"
+
+
+class UnsafeModelFileError(ValueError):
+    """A model file that could only be loaded by running code from it (arbitrary unpickling)."""
 
 
 def normalise_audio(audio: np.ndarray) -> np.ndarray:
@@ -89,36 +104,64 @@ class Audio2Mesh(nn.Module):
         offsets = self.out_fn(self.in_fn(hidden))                          # (B, T, V*3)
         return offsets.view(audio.shape[0], n_frames, self.cfg.n_vertices, 3)
 
-    def saved_state(self) -> dict:
-        """Everything needed to rebuild this model offline: weights, model config, encoder config."""
-        return dict(model=self.state_dict(), model_config=dataclasses.asdict(self.cfg),
-                    encoder_config=self.encoder.config.to_dict())
+    def describe(self) -> dict:
+        """The JSON config saved beside the weights: enough to rebuild this model offline."""
+        return dict(format="a2m-audio2mesh", model_config=dataclasses.asdict(self.cfg),
+                    encoder_config=self.encoder.config.to_dict(), outputs="offsets from the neutral mesh, (T, V, 3)",
+                    units=MESH_UNITS)
 
     @classmethod
-    def from_saved(cls, saved: dict) -> "Audio2Mesh":
-        """Inverse of saved_state (also reads training checkpoints, which extend it)."""
-        encoder = Wav2Vec2Model(Wav2Vec2Config.from_dict(saved["encoder_config"]))
-        model = cls(ModelConfig(**saved["model_config"]), encoder=encoder)
-        model.load_state_dict(saved["model"])
+    def from_state(cls, description: dict, weights: dict[str, torch.Tensor]) -> "Audio2Mesh":
+        """Rebuild from describe() and a state dict: the one constructor behind every loader."""
+        encoder = Wav2Vec2Model(Wav2Vec2Config.from_dict(description["encoder_config"]))
+        model = cls(ModelConfig(**description["model_config"]), encoder=encoder)
+        model.load_state_dict(weights)
         return model
 
-    def save_pretrained(self, directory: str | Path) -> None:
-        """model.pt (saved_state) written atomically, plus a readable config.json; mirrors from_pretrained."""
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """model.safetensors + config.json (each written atomically); mirrors from_pretrained."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / "model.pt.part"
-        torch.save(self.saved_state(), tmp)
-        tmp.replace(directory / "model.pt")
-        saved = self.saved_state()
-        del saved["model"]
-        (directory / "config.json").write_text(json.dumps(saved, indent=2))
+        weights = {name: tensor.detach().cpu().contiguous() for name, tensor in self.state_dict().items()}
+        with files.atomic_path(directory / WEIGHTS_NAME) as tmp:
+            safetensors.torch.save_file(weights, str(tmp), metadata={"format": "pt"})
+        files.write_json(directory / CONFIG_NAME, self.describe())
+        return directory
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "Audio2Mesh":
-        path = Path(directory) / "model.pt"
-        if not path.exists():
-            raise FileNotFoundError(f"{path} does not exist; save a model there with save_pretrained first")
-        return cls.from_saved(torch.load(path, map_location=map_location, weights_only=False))
+        directory = Path(directory)
+        weights_path, config_path = directory / WEIGHTS_NAME, directory / CONFIG_NAME
+        if not weights_path.exists() or not config_path.exists():
+            raise FileNotFoundError(f"{directory} has no {WEIGHTS_NAME} and {CONFIG_NAME}; save a model there with "
+                                    f"save_pretrained (older pickled model.pt files are not read: they could run code)")
+        weights = safetensors.torch.load_file(str(weights_path), device=str(map_location))
+        return cls.from_state(json.loads(config_path.read_text()), weights)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """A training checkpoint (model, optimiser, progress, config) read without running any code from it."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist; run training (notebook 04) first")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        reason = str(error).split("\n")[0]
+        raise UnsafeModelFileError(
+            f"refused to load {path}: it holds more than tensors and plain values, and unpickling it could run code "
+            f"({reason}). a2m writes no such files; use a checkpoint written by a2m or a save_pretrained folder "
+            f"(model.safetensors + config.json)") from None
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> Audio2Mesh:
+    """A trained model, in eval mode on `device`, from a save_pretrained folder or a training checkpoint."""
+    path = Path(path)
+    if path.is_dir():
+        model = Audio2Mesh.from_pretrained(path, map_location="cpu")
+    else:
+        state = load_checkpoint(path)
+        model = Audio2Mesh.from_state(state, state["model"])
+    return model.to(device).eval()
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -14,14 +14,13 @@ Each neutral file holds: mesh (478, 3), speaker, clip_id, frame, chosen_by (auto
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy.spatial.transform import Rotation
 
-from . import extract, mesh
+from . import files, regions, store
 
 SCORE_WEIGHTS = {"mouth": 1.0, "energy": 1.0, "eyes": 0.5, "pose": 0.5, "motion": 0.5, "blendshapes": 1.0}
 
@@ -32,7 +31,7 @@ def frame_features(clips: dict[str, dict]) -> pd.DataFrame:
     all_meshes = np.concatenate([clip["mesh"] for clip in clips.values()])
     # Expression energy is measured from the median *resting* shape: the median over the quarter of
     # frames with the most closed mouth. The median over all frames would be half-way into speech.
-    openings = mesh.mouth_opening(all_meshes)
+    openings = regions.mouth_opening(all_meshes)
     resting = all_meshes[openings <= np.nanquantile(openings, 0.25)]
     median_shape = np.nanmedian(resting, axis=0)
     for clip_id, clip in clips.items():
@@ -52,9 +51,9 @@ def frame_features(clips: dict[str, dict]) -> pd.DataFrame:
         rows.append(pd.DataFrame({
             "clip_id": clip_id,
             "frame": np.arange(len(meshes)),
-            "mouth_opening": mesh.mouth_opening(meshes),
-            "expression_energy": np.linalg.norm(meshes[:, :mesh.N_LANDMARKS] - median_shape[:mesh.N_LANDMARKS], axis=-1).mean(-1),
-            "eye_opening": mesh.eye_opening(meshes),
+            "mouth_opening": regions.mouth_opening(meshes),
+            "expression_energy": np.linalg.norm(meshes[:, :regions.N_LANDMARKS] - median_shape[:regions.N_LANDMARKS], axis=-1).mean(-1),
+            "eye_opening": regions.eye_opening(meshes),
             # rotation image -> canonical; its angle is the head's deviation from the reference pose
             "head_angle_deg": np.linalg.norm(yaw_pitch_roll, axis=-1),
             "motion": velocity,
@@ -86,7 +85,7 @@ def load_speaker_clips(processed: str | Path, accepted: pd.DataFrame) -> dict[st
     """{speaker: {clip_id: clip}} for the accepted clips."""
     by_speaker: dict[str, dict[str, dict]] = {}
     for row in accepted.itertuples():
-        by_speaker.setdefault(row.speaker, {})[row.clip_id] = extract.load_clip(processed, row.clip_id)
+        by_speaker.setdefault(row.speaker, {})[row.clip_id] = store.load_clip(processed, row.clip_id)
     return by_speaker
 
 
@@ -119,11 +118,9 @@ def save_neutral(path: str | Path, neutral_mesh: np.ndarray, speaker: str, clip_
                  chosen_by: str, score: float = float("nan")) -> Path:
     """Write one speaker's neutral atomically; it carries where it came from and who chose it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".part.npz")
-    np.savez(tmp, mesh=neutral_mesh.astype(np.float32), speaker=speaker, clip_id=clip_id, frame=int(frame),
-             chosen_by=chosen_by, score=float(score))
-    tmp.replace(path)
+    with files.atomic_path(path) as tmp:
+        np.savez(tmp, mesh=neutral_mesh.astype(np.float32), speaker=speaker, clip_id=clip_id, frame=int(frame),
+                 chosen_by=chosen_by, score=float(score))
     return path
 
 
@@ -138,7 +135,7 @@ def load_neutral(path: str | Path) -> dict:
 def load_neutrals(neutral_dir: str | Path) -> dict[str, np.ndarray]:
     """{speaker: (478, 3) neutral mesh} from a run's neutral/ folder."""
     neutral_dir = Path(neutral_dir)
-    found = {p.stem: load_neutral(p)["mesh"] for p in sorted(neutral_dir.glob("*.npz")) if ".part" not in p.suffixes}
+    found = {p.stem: load_neutral(p)["mesh"] for p in sorted(neutral_dir.glob("*.npz")) if not files.is_part(p)}
     if not found:
         raise FileNotFoundError(f"no neutral files in {neutral_dir}; run neutral selection (notebook 03) first")
     return found
@@ -193,150 +190,5 @@ def resolve(processed: str | Path, accepted: pd.DataFrame, choice: str, out_dir:
         path = save_neutral(out_dir / f"{speaker}.npz", neutral_mesh, speaker, clip_id, frame, chosen_by, score)
         rows.append(dict(speaker=speaker, clip_id=clip_id, frame=frame, chosen_by=chosen_by, score=score, path=str(path)))
     table = pd.DataFrame(rows)
-    (out_dir / "choice.json").write_text(json.dumps({"neutral": choice, "speakers": rows}, indent=2))
+    files.write_json(out_dir / "choice.json", {"neutral": choice, "speakers": rows})
     return table
-
-
-def plot_neutrals(neutral_dir: str | Path):
-    """Each speaker's neutral mesh from the front and the side, titled with where it came from."""
-    import matplotlib.pyplot as plt
-
-    paths = sorted(p for p in Path(neutral_dir).glob("*.npz") if ".part" not in p.suffixes)
-    fig, axes = plt.subplots(len(paths), 2, figsize=(6, 3.2 * len(paths)), squeeze=False)
-    for row, path in zip(axes, paths):
-        saved = load_neutral(path)
-        shape = saved["mesh"]
-        row[0].scatter(shape[:, 0], shape[:, 1], s=0.5)
-        row[0].scatter(*shape[mesh.LIP_VERTICES][:, :2].T, s=3, color="tab:red")
-        row[1].scatter(shape[:, 2], shape[:, 1], s=0.5)
-        row[0].set_title(f"{saved['speaker']}: {saved['clip_id']}:{saved['frame']} ({saved['chosen_by']}), front", fontsize=9)
-        row[1].set_title("side", fontsize=9)
-        for axis in row:
-            axis.set_aspect("equal")
-            axis.invert_yaxis()
-    fig.tight_layout()
-    return fig
-
-
-# ----------------------------------------------------------------------------------- the picker
-
-def preview_image(clip: dict, frame: int, size: int = 160) -> np.ndarray:
-    """RGB preview of one frame: the video frame with its landmarks, the pose-free mesh front and side."""
-    import cv2
-
-    from . import media
-
-    meta = clip["meta"]
-    image = media.read_frame(meta["source"], float(meta["start"]) + frame / float(meta["fps"]))
-    panel = np.full((size, size, 3), 255, np.uint8)
-    if image is not None and clip["face_found"][frame]:
-        points = clip["landmarks_image"][frame, :, :2]
-        (x0, y0), (x1, y1) = points.min(0), points.max(0)
-        pad = 0.15 * max(x1 - x0, y1 - y0)
-        x0, y0 = int(max(x0 - pad, 0)), int(max(y0 - pad, 0))
-        crop = np.ascontiguousarray(image[y0: int(y1 + pad), x0: int(x1 + pad)])
-        for x, y in points[mesh.LIP_VERTICES] - (x0, y0):
-            cv2.circle(crop, (int(x), int(y)), 1, (255, 40, 40), -1)
-        panel = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
-    views = []
-    shape = clip["mesh"][frame]
-    for axes in ((0, 1), (2, 1)):  # front (x, y) and side (z, y)
-        view = np.full((size, size, 3), 255, np.uint8)
-        if np.isfinite(shape).all():
-            xy = shape[:, axes]
-            xy = (xy - xy.mean(0)) / (np.ptp(xy, axis=0).max() + 1e-9) * 0.9 * size + size / 2
-            for index, (x, y) in enumerate(xy):
-                colour = (220, 40, 40) if index in set(mesh.LIP_VERTICES) else (60, 60, 60)
-                cv2.circle(view, (int(x), int(y)), 1, colour, -1)
-        views.append(view)
-    return np.concatenate([panel] + views, axis=1)
-
-
-def _png(image: np.ndarray) -> bytes:
-    import cv2
-
-    return cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))[1].tobytes()
-
-
-class NeutralPicker:
-    """ipywidgets picker for JupyterLab: top candidates per speaker, a scrubber over any clip, and a
-    "use this frame" button that writes out_dir/<speaker>.npz at once (chosen_by = manual).
-
-        picker = NeutralPicker(processed, accepted, "runs/x/neutral", top_k=8)
-        picker              # displays itself in a notebook
-    """
-
-    def __init__(self, processed, accepted: pd.DataFrame, out_dir, top_k: int = 8, clips: dict | None = None):
-        import ipywidgets as widgets
-
-        self.out_dir = Path(out_dir)
-        self.clips = clips or load_speaker_clips(processed, accepted)
-        self.ranking = rank_candidates(processed, accepted, top_k=top_k, clips=self.clips)
-        speakers = sorted(self.clips)
-        self.speaker = widgets.Dropdown(options=speakers, description="speaker")
-        self.grid = widgets.GridBox(layout=widgets.Layout(grid_template_columns="repeat(2, 490px)"))
-        self.clip = widgets.Dropdown(description="clip")
-        self.slider = widgets.IntSlider(description="frame", min=0, max=0, continuous_update=False)
-        self.scrub_image = widgets.Image(format="png")
-        self.scrub_button = widgets.Button(description="use this frame", button_style="primary")
-        self.status = widgets.HTML()
-        self.buttons: list = []
-        self.speaker.observe(lambda _: self._show_speaker(), names="value")
-        self.clip.observe(lambda _: self._show_clip(), names="value")
-        self.slider.observe(lambda _: self._show_scrub(), names="value")
-        self.scrub_button.on_click(lambda _: self.choose(self.speaker.value, self.clip.value, self.slider.value))
-        self.widget = widgets.VBox([self.speaker, self.status, widgets.HTML("<b>top candidates</b>"), self.grid,
-                                    widgets.HTML("<b>scrub any clip</b>"), self.clip, self.slider, self.scrub_image,
-                                    self.scrub_button])
-        self._show_speaker()
-
-    def _show_speaker(self) -> None:
-        import ipywidgets as widgets
-
-        speaker = self.speaker.value
-        candidates = self.ranking[self.ranking.speaker == speaker]
-        cells, self.buttons = [], []
-        for rank, row in enumerate(candidates.itertuples(), start=1):
-            button = widgets.Button(description="use this frame")
-            button.on_click(lambda _, c=row.clip_id, f=int(row.frame): self.choose(speaker, c, f))
-            self.buttons.append(button)
-            image = widgets.Image(value=_png(preview_image(self.clips[speaker][row.clip_id], int(row.frame))), format="png")
-            cells.append(widgets.VBox([image, widgets.HTML(f"#{rank} {row.clip_id}:{row.frame} · score {row.score:.2f}"), button]))
-        self.grid.children = cells
-        self.clip.options = sorted(self.clips[speaker])
-        self._show_clip()
-        self._show_status()
-
-    def _show_clip(self) -> None:
-        if self.clip.value is None:
-            return
-        self.slider.max = len(self.clips[self.speaker.value][self.clip.value]["mesh"]) - 1
-        self._show_scrub()
-
-    def _show_scrub(self) -> None:
-        clip = self.clips[self.speaker.value][self.clip.value]
-        self.scrub_image.value = _png(preview_image(clip, min(self.slider.value, len(clip["mesh"]) - 1)))
-
-    def _show_status(self) -> None:
-        path = self.out_dir / f"{self.speaker.value}.npz"
-        if path.exists():
-            saved = load_neutral(path)
-            self.status.value = (f"current neutral for <b>{saved['speaker']}</b>: {saved['clip_id']}:{saved['frame']} "
-                                 f"(chosen by {saved['chosen_by']}) — {path}")
-        else:
-            self.status.value = f"no neutral saved yet for <b>{self.speaker.value}</b>"
-
-    def choose(self, speaker: str, clip_id: str, frame: int) -> Path:
-        """Save this frame as the speaker's neutral now (what the buttons call)."""
-        frame_mesh = self.clips[speaker][clip_id]["mesh"][frame]
-        if not np.isfinite(frame_mesh).all():
-            self.status.value = f"<span style='color:red'>{clip_id}:{frame} has no face; pick another frame</span>"
-            raise ValueError(f"{clip_id}:{frame} has no face")
-        path = save_neutral(self.out_dir / f"{speaker}.npz", frame_mesh, speaker, clip_id, frame, "manual")
-        self._show_status()
-        return path
-
-    def _ipython_display_(self):
-        from IPython.display import display
-
-        display(self.widget)

@@ -1,4 +1,6 @@
-"""Stage 02: alignment QA of the clip store -> qa.csv, whose `pass` rows are what training reads.
+"""Stage 02: alignment QA of a clip store -> the run's qa.csv, whose `pass` rows are what training reads.
+
+    report = qa.check_store("data/processed/demo", cfg.qa, cfg.data.sample_rate, run_dir="runs/demo")
 
 Checks per clip:
 - expected frames: ceil(audio_seconds * fps) against the mesh frame count, within qa.frame_tolerance;
@@ -9,32 +11,40 @@ Checks per clip:
 
 With qa.correct_offset, a clip whose offset is confidently measured is kept and its audio shifted by
 the offset wherever training and evaluation read it (qa.csv column audio_shift_frames records it).
+
+The decisions depend on the run's qa.* settings, so they belong to the run: `runs/<id>/qa.csv`. The
+store keeps only the expensive measurements (lag scores, face coverage, jitter) in
+`measurements/<key>.json`, keyed by the settings that produce them and checked per clip against the
+clip's source hash and extraction settings, so a second run with other thresholds measures nothing again.
 """
 from __future__ import annotations
 
-import math
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import librosa
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from . import extract, mesh
+from . import files, regions, store
 from .config import QAConfig
 
-QA_COLUMNS = ["clip_id", "speaker", "n_frames", "expected_frames", "frame_diff", "av_offset_frames",
+QA_COLUMNS = ["clip_id", "speaker", "language", "n_frames", "expected_frames", "frame_diff", "av_offset_frames",
               "av_confidence", "face_missing_frac", "jitter", "status", "reason", "audio_shift_frames",
               "clip_offset_frames", "source"]
 MAX_LAG_FRAMES = 15
+MEASUREMENT_VERSION = 1  # raise when measure_clip changes, so cached measurements are redone
 
 
 @dataclass
 class QAReport:
     table: pd.DataFrame  # one row per clip, QA_COLUMNS
     processed: Path
+    table_path: Path     # runs/<id>/qa.csv
+    measured_clips: int  # clips measured now (the others came from the store's cache)
 
     @property
     def accepted(self) -> list[str]:
@@ -109,14 +119,15 @@ def measure_clip(clip: dict, sample_rate: int) -> tuple[dict, np.ndarray | None]
     """The QA measurements of one clip, and its A/V lag scores (None when the clip is too short to tell)."""
     meta = clip["meta"]
     fps, n_frames = float(meta["fps"]), int(meta["n_frames"])
-    expected_frames = math.ceil(round(len(clip["audio"]) / sample_rate * fps, 6))
+    expected_frames = store.expected_frames(len(clip["audio"]), sample_rate, fps)
     scores = None
     if n_frames > 3 * MAX_LAG_FRAMES and clip["face_found"].sum() > 2:
         energies = band_energies(clip["audio"], sample_rate, fps, n_frames)
         scores = estimate_av_offset(mouth_features(clip["mesh"]), energies)[2]
-    stable = clip["mesh"][:, mesh.STABLE_VERTICES]
+    stable = clip["mesh"][:, regions.STABLE]
     jitter = float(np.nanmean(np.linalg.norm(np.diff(stable, axis=0), axis=-1))) if n_frames > 1 else 0.0
-    row = dict(clip_id=meta["clip_id"], speaker=meta["speaker"], source=meta["source"], n_frames=n_frames,
+    row = dict(clip_id=meta["clip_id"], speaker=meta["speaker"], language=meta.get("language", ""),
+               source=meta["source"], n_frames=n_frames,
                expected_frames=expected_frames, frame_diff=n_frames - expected_frames,
                face_missing_frac=round(float(1 - clip["face_found"].mean()), 4), jitter=round(jitter, 5))
     return row, scores
@@ -141,20 +152,46 @@ def judge(row: dict, cfg: QAConfig) -> dict:
     return dict(row, status="fail" if reasons else "pass", reason="; ".join(reasons + notes), audio_shift_frames=shift)
 
 
-def check_store(processed: str | Path, cfg: QAConfig, sample_rate: int = 16000) -> QAReport:
-    """QA every clip of the store; write processed/qa.csv; return the report.
+def _measurements_path(processed: Path, sample_rate: int) -> Path:
+    """The store's cache of measure_clip results for these measurement settings."""
+    key = hashlib.sha256(json.dumps(dict(version=MEASUREMENT_VERSION, sample_rate=sample_rate,
+                                         max_lag=MAX_LAG_FRAMES)).encode()).hexdigest()[:12]
+    return processed / "measurements" / f"{key}.json"
+
+
+def measure_store(processed: str | Path, sample_rate: int = 16000, progress: bool = True) -> tuple[list, int]:
+    """measure_clip for every extracted clip, reusing the store's cached measurements where the clip is
+    unchanged (same source hash and extraction settings). Returns ([(row, scores)], clips measured now)."""
+    processed = Path(processed)
+    manifest = store.read_manifest(processed)
+    cache_path = _measurements_path(processed, sample_rate)
+    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    measured, fresh = [], 0
+    clips = manifest[manifest.status == "ok"]
+    for entry in tqdm(clips.itertuples(), total=len(clips), desc="qa", leave=False, disable=not progress):
+        identity = f"{entry.source_hash}|{entry.settings}"
+        cached = cache.get(entry.clip_id)
+        if cached is None or cached["identity"] != identity:
+            row, scores = measure_clip(store.load_clip(processed, entry.clip_id), sample_rate)
+            cached = cache[entry.clip_id] = dict(identity=identity, row=row,
+                                                 scores=None if scores is None else scores.tolist())
+            fresh += 1
+        measured.append((dict(cached["row"]), None if cached["scores"] is None else np.array(cached["scores"])))
+    if fresh:
+        files.write_json(cache_path, cache)
+    return measured, fresh
+
+
+def check_store(processed: str | Path, cfg: QAConfig, sample_rate: int = 16000, run_dir: str | Path = "runs/qa",
+                progress: bool = True) -> QAReport:
+    """QA every clip of the store with the run's settings; write run_dir/qa.csv; return the report.
 
     The A/V offset is a property of the recording, and a 3-6 s clip alone gives a noisy estimate, so the
     lag scores of all clips cut from one source are summed: `av_offset_frames` and `av_confidence`
     are that source-level estimate, `clip_offset_frames` is the clip's own (a large difference hints at drift).
     """
     processed = Path(processed)
-    manifest_path = processed / "manifest.csv"
-    if not manifest_path.exists():
-        raise FileNotFoundError(f"{manifest_path} does not exist; run extraction (notebook 01 or `a2m extract`) first")
-    manifest = pd.read_csv(manifest_path, keep_default_na=False)
-    measured = [measure_clip(extract.load_clip(processed, clip_id), sample_rate)
-                for clip_id in tqdm(manifest.loc[manifest.status == "ok", "clip_id"], desc="qa", leave=False)]
+    measured, fresh = measure_store(processed, sample_rate, progress)
     pooled: dict[str, np.ndarray] = {}
     for row, scores in measured:
         if scores is not None:
@@ -165,69 +202,16 @@ def check_store(processed: str | Path, cfg: QAConfig, sample_rate: int = 16000) 
         offset, confidence = _peak(pooled[row["source"]]) if row["source"] in pooled else (0, 0.0)
         rows.append(judge(dict(row, av_offset_frames=offset, av_confidence=round(confidence, 3)), cfg))
     table = pd.DataFrame(rows, columns=QA_COLUMNS)
-    tmp = processed / "qa.csv.part"
-    table.to_csv(tmp, index=False)
-    tmp.replace(processed / "qa.csv")
-    return QAReport(table=table, processed=processed)
+    table_path = store.qa_table_path(run_dir)
+    with files.atomic_path(table_path) as tmp:
+        table.to_csv(tmp, index=False)
+    return QAReport(table=table, processed=processed, table_path=table_path, measured_clips=fresh)
 
 
-def shift_audio(audio: np.ndarray, shift_frames: int, samples_per_frame: float) -> np.ndarray:
-    """Move the audio `shift_frames` frames earlier (negative: later), keeping its length; QA's correction."""
-    shift = int(round(shift_frames * samples_per_frame))
-    if shift == 0:
-        return audio
-    shifted = np.zeros_like(audio)
-    if shift > 0:
-        shifted[:-shift] = audio[shift:]
-    else:
-        shifted[-shift:] = audio[:shift]
-    return shifted
-
-
-def accepted_clips(processed: str | Path) -> pd.DataFrame:
-    """The QA rows that passed: the clip list that training reads."""
-    path = Path(processed) / "qa.csv"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist; run alignment QA (notebook 02 or `a2m qa`) first")
-    table = pd.read_csv(path, keep_default_na=False)
-    return table[table.status == "pass"].reset_index(drop=True)
-
-
-# ----------------------------------------------------------------------------------- plots
-
-def plot_summary(report: QAReport, fps: float = 30.0):
-    """Histograms of A/V offsets and clip lengths, coloured by status."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
-    table = report.table
-    for status, colour in (("pass", "tab:green"), ("fail", "tab:red")):
-        part = table[table.status == status]
-        axes[0].hist(part.av_offset_frames, bins=np.arange(-15.5, 16.5), color=colour, alpha=0.7, label=status)
-        axes[1].hist(part.n_frames / fps, bins=20, color=colour, alpha=0.7, label=status)
-    axes[0].set(xlabel="audio/video offset (frames, + = audio late)", ylabel="clips")
-    axes[1].set(xlabel="clip length (s)", ylabel="clips")
-    axes[0].legend()
-    fig.tight_layout()
-    return fig
-
-
-def plot_trace(report: QAReport, clip_id: str, sample_rate: int = 16000):
-    """Mouth opening against the audio loudness envelope for one clip, and its lag curve."""
-    clip = extract.load_clip(report.processed, clip_id)
+def lag_trace(clip: dict, sample_rate: int = 16000) -> dict:
+    """What plots.qa_trace shows for one clip: mouth opening, audio loudness, and the score of every lag."""
     fps, n_frames = float(clip["meta"]["fps"]), int(clip["meta"]["n_frames"])
-    opening = mesh.mouth_opening(clip["mesh"])
-    envelope = extract.frame_energy(clip["audio"], sample_rate, fps, n_frames)
     lag, confidence, scores = estimate_av_offset(mouth_features(clip["mesh"]),
                                                  band_energies(clip["audio"], sample_rate, fps, n_frames))
-    fig, axes = plt.subplots(1, 2, figsize=(12, 3.2), gridspec_kw={"width_ratios": [3, 1]})
-    t = np.arange(n_frames) / fps
-    axes[0].plot(t, opening, label="mouth opening (mesh units)")
-    twin = axes[0].twinx()
-    twin.plot(t, envelope, color="tab:orange", alpha=0.7, label="audio log-RMS")
-    axes[0].set(xlabel="seconds", title=f"{clip_id}")
-    axes[0].legend(loc="upper left")
-    twin.legend(loc="upper right")
-    axes[1].plot(np.arange(-MAX_LAG_FRAMES, MAX_LAG_FRAMES + 1), scores, marker=".")
-    axes[1].axvline(lag, color="tab:red")
-    axes[1].set(xlabel="lag (frames)", ylabel="summed R$^2$", title=f"offset {lag:+d}, confidence {confidence:.1f}")
-    fig.tight_layout()
-    return fig
+    return dict(fps=fps, opening=regions.mouth_opening(clip["mesh"]), lag=lag, confidence=confidence,
+                scores=scores, lags=np.arange(-MAX_LAG_FRAMES, MAX_LAG_FRAMES + 1))

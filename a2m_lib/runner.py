@@ -5,12 +5,12 @@
 Each executed notebook is written to runs/<id>/notebooks/, the resolved config to runs/<id>/config.yaml
 (`a2m run --config runs/<id>/config.yaml` repeats the run). runs/<id>/run.json is rewritten after every
 notebook, so a crash leaves an accurate record: the resolved config, seed, git commit, package
-versions, start/end times, each notebook's status and duration, the input manifest's hash, and the
-neutral used for each speaker.
+versions, start/end times, each notebook's status and duration, the SHA-256 of the store's manifest
+and of the run's own QA table (runs/<id>/qa.csv, the accepted clips training read), and the neutral
+used for each speaker.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -25,10 +25,10 @@ import papermill
 import yaml
 from papermill.exceptions import PapermillExecutionError
 
-from . import media
+from . import files, store
 from .config import load_config, parse_overrides
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = files.PROJECT_ROOT
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 RECORDED_PACKAGES = ["a2m", "torch", "transformers", "mediapipe", "numpy", "librosa", "papermill", "opencv-contrib-python",
                      "scikit-image", "pandas", "matplotlib", "ipywidgets"]
@@ -79,9 +79,10 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def manifest_hash(processed: str | Path) -> str | None:
-    path = Path(processed) / "manifest.csv"
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+def data_hashes(processed: str | Path, run_dir: Path) -> dict:
+    """What the run read: the store's manifest and the run's own QA decisions (None until written)."""
+    return dict(data_manifest_sha256=files.sha256(Path(processed) / "manifest.csv"),
+                qa_table_sha256=files.sha256(store.qa_table_path(run_dir)))
 
 
 def _now() -> str:
@@ -93,7 +94,7 @@ def run(config_path: str | Path, run_dir: str | Path | None = None, overrides=No
     """Execute the selected notebooks in order; return the run record (also in run_dir/run.json)."""
     overrides = parse_overrides(overrides)
     cfg = load_config(config_path, overrides)  # fail here, before any notebook, on a bad key or value
-    run_dir = Path(run_dir or Path("runs") / cfg.name)
+    run_dir = Path(run_dir) if run_dir else files.project_path(Path("runs") / cfg.name)
     (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
     record_path = run_dir / "run.json"
     record = json.loads(record_path.read_text()) if record_path.exists() and (stage_from or only) else {}
@@ -101,12 +102,12 @@ def run(config_path: str | Path, run_dir: str | Path | None = None, overrides=No
         config_path=str(config_path), overrides=overrides, config=cfg.to_dict(), seed=cfg.seed,
         git_commit=git_commit(), packages=package_versions(), platform=platform.platform(),
         command=" ".join(sys.argv), started=_now(), ended=None, status="running",
-        data_manifest_sha256=manifest_hash(cfg.data.processed),
+        **data_hashes(cfg.data.processed, run_dir),
     )
     record.setdefault("notebooks", {})
-    media.write_json_atomic(record_path, record)
+    files.write_json(record_path, record)
     # The resolved config on its own, so that `a2m run --config runs/<id>/config.yaml` repeats this run.
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    files.write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     # The kernel must be this environment's Python, also when the venv is not activated.
     os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
     parameters = dict(config_path=str(Path(config_path).resolve()), run_dir=str(run_dir.resolve()), overrides=overrides)
@@ -114,7 +115,7 @@ def run(config_path: str | Path, run_dir: str | Path | None = None, overrides=No
         output = run_dir / "notebooks" / notebook.name
         entry = dict(status="running", started=_now(), seconds=None, output=str(output))
         record["notebooks"][notebook.stem] = entry
-        media.write_json_atomic(record_path, record)
+        files.write_json(record_path, record)
         started = time.time()
         print(f"[a2m] {notebook.name} -> {output}", flush=True)
         try:
@@ -123,16 +124,16 @@ def run(config_path: str | Path, run_dir: str | Path | None = None, overrides=No
         except PapermillExecutionError as error:
             entry.update(status="failed", seconds=round(time.time() - started, 2),
                          error=f"cell {error.exec_count}: {error.ename}: {error.evalue}")
-            record.update(status="failed", ended=_now(), data_manifest_sha256=manifest_hash(cfg.data.processed))
-            media.write_json_atomic(record_path, record)
+            record.update(status="failed", ended=_now(), **data_hashes(cfg.data.processed, run_dir))
+            files.write_json(record_path, record)
             raise RunError(f"notebook {notebook.name} failed in cell {error.exec_count}: {error.ename}: {error.evalue}\n"
                            f"The executed notebook, with the traceback, is {output}") from None
         entry.update(status="ok", seconds=round(time.time() - started, 2))
-        record["data_manifest_sha256"] = manifest_hash(cfg.data.processed)
+        record.update(data_hashes(cfg.data.processed, run_dir))
         choice = run_dir / "neutral" / "choice.json"
         if choice.exists():  # which neutral each speaker got, and who chose it
             record["neutral"] = json.loads(choice.read_text())
-        media.write_json_atomic(record_path, record)
+        files.write_json(record_path, record)
     record.update(status="ok", ended=_now())
-    media.write_json_atomic(record_path, record)
+    files.write_json(record_path, record)
     return record

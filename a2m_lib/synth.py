@@ -31,7 +31,7 @@ from scipy import signal
 from scipy.ndimage import gaussian_filter1d
 from tqdm.auto import tqdm
 
-from . import media, mesh
+from . import files, media, mesh, regions
 
 VOWELS = {  # formants (Hz), articulation (jaw, spread, round)
     "a": ((800, 1200, 2500), (1.0, 0.2, 0.0)),
@@ -145,9 +145,9 @@ def _smoothstep(x):
 def _basis_fields(landmarks: np.ndarray, height: int, width: int) -> np.ndarray:
     """Dense displacement fields for jaw, spread and round, anchored on the face's landmarks."""
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
-    upper, lower = landmarks[mesh.UPPER_INNER_LIP, :2], landmarks[mesh.LOWER_INNER_LIP, :2]
-    left, right = landmarks[mesh.MOUTH_CORNERS[0], :2], landmarks[mesh.MOUTH_CORNERS[1], :2]
-    chin = landmarks[mesh.CHIN, :2]
+    upper, lower = landmarks[regions.UPPER_INNER_LIP, :2], landmarks[regions.LOWER_INNER_LIP, :2]
+    left, right = landmarks[regions.MOUTH_CORNERS[0], :2], landmarks[regions.MOUTH_CORNERS[1], :2]
+    chin = landmarks[regions.CHIN, :2]
     mouth_x, mouth_y = (left[0] + right[0]) / 2, (upper[1] + lower[1]) / 2
     half_width = abs(right[0] - left[0]) / 2
     chin_drop = chin[1] - mouth_y
@@ -201,15 +201,15 @@ def load_face(face: str | Path | None = None, mirror: bool = False) -> FaceRig:
             image = image[:, ::-1].copy()
         landmarks = tracker(image)
         # Close the lips: a negative jaw opening as large as the gap between the inner lips.
-        gap = landmarks[mesh.LOWER_INNER_LIP, 1] - landmarks[mesh.UPPER_INNER_LIP, 1]
+        gap = landmarks[regions.LOWER_INNER_LIP, 1] - landmarks[regions.UPPER_INNER_LIP, 1]
         fields = _basis_fields(landmarks, FACE_SIZE, FACE_SIZE)
-        jaw_per_unit = fields[0, int(landmarks[mesh.LOWER_INNER_LIP, 1]), int(landmarks[mesh.LOWER_INNER_LIP, 0]), 1]
+        jaw_per_unit = fields[0, int(landmarks[regions.LOWER_INNER_LIP, 1]), int(landmarks[regions.LOWER_INNER_LIP, 0]), 1]
         image = np.ascontiguousarray(_warp(image, -fields[0] * (0.9 * gap / jaw_per_unit)))
         # Cover what is left of the teeth with lip colour and draw the closed mouth's line, so that rest
         # is the most closed mouth the face shows (the astronaut smiles with her teeth showing).
         with mesh.FaceTracker(static=True) as tracker_closed:
             closed = tracker_closed(image)
-        lip_colour = np.median(image[closed[mesh.LIP_VERTICES, 1].astype(int), closed[mesh.LIP_VERTICES, 0].astype(int)], axis=0)
+        lip_colour = np.median(image[closed[regions.LIPS, 1].astype(int), closed[regions.LIPS, 0].astype(int)], axis=0)
         inner = np.round(closed[INNER_LIP_CONTOUR, :2] * 4).astype(np.int32)
         cv2.fillPoly(image, [inner], tuple(int(c) for c in lip_colour), lineType=cv2.LINE_AA, shift=2)
         cv2.polylines(image, [inner[:11]], False, tuple(int(c * 0.45) for c in lip_colour), 1, cv2.LINE_AA, shift=2)
@@ -225,7 +225,7 @@ def render_frame(rig: FaceRig, articulation: np.ndarray, head: np.ndarray) -> np
     contour = rig.landmarks[INNER_LIP_CONTOUR, :2]
     ix, iy = np.clip(contour.astype(int), 0, FACE_SIZE - 1).T
     moved = contour + displacement[iy, ix]
-    upper, lower = INNER_LIP_CONTOUR.index(mesh.UPPER_INNER_LIP), INNER_LIP_CONTOUR.index(mesh.LOWER_INNER_LIP)
+    upper, lower = INNER_LIP_CONTOUR.index(regions.UPPER_INNER_LIP), INNER_LIP_CONTOUR.index(regions.LOWER_INNER_LIP)
     if (moved - contour)[lower, 1] - (moved - contour)[upper, 1] > 0.5:  # an open mouth shows a dark interior
         cv2.fillPoly(frame, [np.round(moved * 4).astype(np.int32)], (70, 25, 30), lineType=cv2.LINE_AA, shift=2)
     roll, dx, dy, log_scale = head
@@ -277,9 +277,8 @@ def synth_clip(path: Path, rig: FaceRig, seconds: float, pitch: float, rng: np.r
                  audio_offset_frames=faults.audio_offset_frames, dropped_frames=faults.dropped_frames,
                  no_face_frames=faults.no_face_frames, segments=np.array(segments, dtype=object))
     gt_path = path.with_suffix(".gt.npz")
-    tmp = gt_path.with_name(gt_path.name + ".part.npz")
-    np.savez(tmp, **truth)
-    tmp.replace(gt_path)
+    with files.atomic_path(gt_path) as tmp:
+        np.savez(tmp, **truth)
     return truth
 
 

@@ -2,9 +2,10 @@
 
     result = train.train(cfg, run_dir)   # resumes from run_dir/checkpoints/last.pt if present
 
-Writes, in run_dir:
-    splits.csv                 clip_id, speaker, split (train | val | test)
-    checkpoints/last.pt        after every epoch (atomic): model, optimiser, epoch, history, config
+Reads the run's accepted clips (run_dir/qa.csv) and neutrals (run_dir/neutral/). Writes, in run_dir:
+    splits.csv                 clip_id, speaker, split (train | val | test), audio_shift_frames
+    checkpoints/last.pt        after every epoch (atomic): model, optimiser, epoch, history, config;
+                               plain tensors and values only, read back with torch.load(weights_only=True)
     checkpoints/best.pt        the epoch with the lowest validation loss
     train_log.csv              epoch, train_loss, val_loss, seconds
 """
@@ -16,16 +17,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import neutral, qa
+from . import files, neutral, store
 from .config import Config
 from .dataset import ClipDataset, collate, split_clips
-from .model import Audio2Mesh, resolve_device
+from .model import Audio2Mesh, load_checkpoint, resolve_device
 
 
 @dataclass
@@ -50,19 +50,10 @@ def masked_l1(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
 
 
 def save_checkpoint(path: Path, model: Audio2Mesh, optimiser, epoch: int, history: list, best: tuple, cfg: Config) -> None:
-    tmp = path.with_name(path.name + ".part")
-    torch.save(dict(model.saved_state(), optimiser=optimiser.state_dict(), epoch=epoch, history=history,
-                    best=best, config=cfg.to_dict()), tmp)
-    tmp.replace(path)
-
-
-def load_model(checkpoint_path: str | Path, device: str | torch.device = "cpu") -> Audio2Mesh:
-    """Rebuild a trained model from a checkpoint alone (no hub access: the encoder config is inside)."""
-    checkpoint_path = Path(checkpoint_path)
-    if not checkpoint_path.exists():
-        raise FileNotFoundError(f"checkpoint {checkpoint_path} does not exist; run training (notebook 04) first")
-    state = torch.load(checkpoint_path, map_location=device, weights_only=False)
-    return Audio2Mesh.from_saved(state).to(device).eval()
+    """Model (as model.load_model reads it), optimiser and progress, as tensors and plain values only."""
+    with files.atomic_path(path) as tmp:
+        torch.save(dict(model.describe(), model=model.state_dict(), optimiser=optimiser.state_dict(), epoch=epoch,
+                        history=history, best=list(best), config=cfg.to_dict()), tmp)
 
 
 @torch.no_grad()
@@ -86,11 +77,12 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True) -> TrainResul
         torch.set_num_threads(cfg.train.num_threads)
     device = resolve_device(cfg.train.device)
 
-    accepted = qa.accepted_clips(cfg.data.processed)
+    accepted = store.accepted_clips(run_dir)
     if accepted.empty:
-        raise RuntimeError(f"no clips passed QA in {cfg.data.processed}/qa.csv; see its reason column")
+        raise RuntimeError(f"no clips passed QA in {store.qa_table_path(run_dir)}; see its reason column")
     splits = split_clips(accepted, cfg.data.val_fraction, cfg.data.test_fraction, cfg.seed)
-    splits[["clip_id", "speaker", "split", "audio_shift_frames"]].to_csv(run_dir / "splits.csv", index=False)
+    with files.atomic_path(run_dir / "splits.csv") as tmp:
+        splits[["clip_id", "speaker", "split", "audio_shift_frames"]].to_csv(tmp, index=False)
     neutrals = neutral.load_neutrals(run_dir / "neutral")
     train_set = ClipDataset(cfg.data.processed, splits[splits.split == "train"], neutrals, cfg.model.n_vertices,
                             cfg.data.sample_rate, cfg.train.whole_clip_fraction, cfg.train.min_subclip_frames, cfg.seed)
@@ -111,7 +103,7 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True) -> TrainResul
     start_epoch = 0
     last_path = checkpoints / "last.pt"
     if last_path.exists():  # resume after a crash or an interrupted run
-        state = torch.load(last_path, map_location=device, weights_only=False)
+        state = load_checkpoint(last_path, map_location=device)
         if state["model_config"] == dataclasses.asdict(cfg.model):
             model.load_state_dict(state["model"])
             optimiser.load_state_dict(state["optimiser"])
@@ -134,8 +126,8 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True) -> TrainResul
             loss.backward()
             optimiser.step()
             losses.append(loss.item())
-        row = dict(epoch=epoch, train_loss=float(np.mean(losses)), val_loss=np.nan)
-        if len(val_set) and (epoch % cfg.train.log_every == 0 or epoch == cfg.train.epochs - 1):
+        row = dict(epoch=epoch, train_loss=float(np.mean(losses)), val_loss=float("nan"))
+        if len(val_set) and (epoch % cfg.train.validate_every == 0 or epoch == cfg.train.epochs - 1):
             row["val_loss"] = validation_loss(model, val_loader, device)
         row["seconds"] = time.time() - epoch_start
         history.append(row)
@@ -144,18 +136,8 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True) -> TrainResul
             best = (monitored, epoch)
             save_checkpoint(checkpoints / "best.pt", model, optimiser, epoch, history, best, cfg)
         save_checkpoint(last_path, model, optimiser, epoch, history, best, cfg)
-        pd.DataFrame(history).to_csv(run_dir / "train_log.csv", index=False)
+        with files.atomic_path(run_dir / "train_log.csv") as tmp:
+            pd.DataFrame(history).to_csv(tmp, index=False)
         bar.set_postfix(train=f"{row['train_loss']:.4f}", val=f"{row['val_loss']:.4f}")
     return TrainResult(history=pd.DataFrame(history), best_epoch=best[1], best_val_loss=best[0],
                        device=str(device), seconds=time.time() - started)
-
-
-def plot_history(history: pd.DataFrame):
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    ax.plot(history.epoch, history.train_loss, label="train L1")
-    valid = history.dropna(subset=["val_loss"])
-    ax.plot(valid.epoch, valid.val_loss, marker=".", label="val L1")
-    ax.set(xlabel="epoch", ylabel="L1 on offsets (mesh units)", yscale="log")
-    ax.legend()
-    fig.tight_layout()
-    return fig

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from a2m_lib import extract, qa, synth
+from a2m_lib import extract, qa, store, synth
 from a2m_lib.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,8 +29,20 @@ def synthetic_raw(tmp_path_factory) -> Path:
 def processed(synthetic_raw, tmp_path_factory, cfg) -> Path:
     out = tmp_path_factory.mktemp("processed")
     extract.extract_store(synthetic_raw, out, cfg.data, cfg.extract, progress=False)
-    qa.check_store(out, cfg.qa, cfg.data.sample_rate)
     return out
+
+
+@pytest.fixture(scope="session")
+def qa_run(processed, tmp_path_factory, cfg) -> Path:
+    """A run folder holding QA's decisions over `processed` (qa.csv), with the demo's QA settings."""
+    run_dir = tmp_path_factory.mktemp("qa_run")
+    qa.check_store(processed, cfg.qa, cfg.data.sample_rate, run_dir=run_dir, progress=False)
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def accepted(qa_run):
+    return store.accepted_clips(qa_run)
 
 
 def require_eval_media(*relative: str) -> list[Path]:

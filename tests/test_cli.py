@@ -19,10 +19,11 @@ def test_synth_extract_qa_from_the_command_line(tmp_path):
     assert "FAILED" in result.stderr and "broken.mp4" in result.stderr and "not a readable media file" in result.stderr
     manifest = pd.read_csv(tmp_path / "store" / "manifest.csv", keep_default_na=False)
     assert sorted(manifest.status) == ["failed", "ok", "ok"]
-    result = a2m("qa", tmp_path / "store", "-p", "qa.max_offset_frames=3")
+    result = a2m("qa", tmp_path / "store", "--run-dir", tmp_path / "run", "-p", "qa.max_offset_frames=3")
     assert result.returncode == 0, result.stderr
     assert "0 of 2 clips pass" in result.stdout
-    table = pd.read_csv(tmp_path / "store" / "qa.csv", keep_default_na=False)
+    assert not (tmp_path / "store" / "qa.csv").exists()  # decisions belong to the run, not the shared store
+    table = pd.read_csv(tmp_path / "run" / "qa.csv", keep_default_na=False)
     assert (table.av_offset_frames - 7).abs().max() <= 1
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from a2m_lib import extract, media, mesh, qa, synth
+from a2m_lib import extract, media, mesh, qa, regions, store, synth, workers
 
 
 def ffmpeg(*args):
@@ -16,22 +16,22 @@ def ffmpeg(*args):
 
 def test_manifest_and_clip_files(processed):
     manifest = pd.read_csv(processed / "manifest.csv", keep_default_na=False)
-    assert list(manifest.columns) == extract.MANIFEST_COLUMNS
+    assert list(manifest.columns) == store.MANIFEST_COLUMNS
     assert len(manifest) == 12 and (manifest.status == "ok").all()
     assert set(manifest.speaker) == {"spk0", "spk1"}
-    clip = extract.load_clip(processed, manifest.clip_id[0])
+    clip = store.load_clip(processed, manifest.clip_id[0])
     n_frames = clip["meta"]["n_frames"]
     assert clip["mesh"].shape == (n_frames, 478, 3) and clip["landmarks_image"].shape == (n_frames, 478, 3)
     assert clip["pose_rotation"].shape == (n_frames, 3, 3) and clip["face_found"].all()
     assert clip["audio"].dtype == np.float32 and abs(len(clip["audio"]) / 16000 - clip["meta"]["audio_seconds"]) < 1e-3
     # pose removal: the stable landmarks sit on the reference whatever the head does
-    error = np.linalg.norm(clip["mesh"][:, mesh.STABLE_VERTICES] - mesh.reference_mesh()[mesh.STABLE_VERTICES], axis=-1)
+    error = np.linalg.norm(clip["mesh"][:, regions.STABLE] - mesh.reference_mesh()[regions.STABLE], axis=-1)
     assert np.median(error) < 0.6
     assert not list(processed.rglob("*.part*")), "no half-written files"
 
 
-def test_clean_clips_pass_qa(processed):
-    table = pd.read_csv(processed / "qa.csv", keep_default_na=False)
+def test_clean_clips_pass_qa(qa_run):
+    table = pd.read_csv(qa_run / "qa.csv", keep_default_na=False)
     assert list(table.columns) == qa.QA_COLUMNS
     assert (table.status == "pass").all(), table[table.status != "pass"].reason.tolist()
     assert (table.av_offset_frames.abs() <= 1).all()
@@ -62,7 +62,7 @@ def faulty_store(tmp_path_factory, cfg, synthetic_raw):
     ffmpeg("-i", good, "-vf", "scale=3840:2160", "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "copy", odd / "uhd.mp4")
     out = tmp_path_factory.mktemp("faulty_processed")
     manifest = extract.extract_store(raw, out, cfg.data, cfg.extract, progress=False)
-    return raw, out, manifest, qa.check_store(out, cfg.qa, cfg.data.sample_rate)
+    return raw, out, manifest, qa.check_store(out, cfg.qa, cfg.data.sample_rate, run_dir=out.parent / f"{out.name}_run")
 
 
 def _by_file(manifest):
@@ -89,7 +89,7 @@ def test_long_face_gap_ends_the_clip_and_short_gaps_are_interpolated(faulty_stor
     assert (noface.status != "ok").all() and noface.reason.str.contains("no face for 30 frames").any()
     blink = manifest[manifest.clip_id.str.startswith("blink")].iloc[0]
     assert blink.status == "ok" and blink.interpolated_frames == 3
-    clip = extract.load_clip(out, blink.clip_id)
+    clip = store.load_clip(out, blink.clip_id)
     assert clip["interpolated"].sum() == 3 and np.isfinite(clip["mesh"]).all()
     assert report.table.set_index("clip_id").loc[blink.clip_id, "status"] == "pass"
 
@@ -99,7 +99,7 @@ def test_odd_formats_are_converted(faulty_store):
     table = report.table.set_index("clip_id")
     for clip_id in ("odd__stereo48k", "odd__stereo44k", "odd__uhd"):
         assert table.loc[clip_id, "status"] == "pass", table.loc[clip_id].to_dict()
-    uhd = extract.load_clip(out, "odd__uhd")
+    uhd = store.load_clip(out, "odd__uhd")
     assert np.nanmax(uhd["landmarks_image"][..., 0]) > 1280  # landmarks in source pixels, not the downscaled copy
     tiny = table.loc["bad__tiny"]
     assert tiny.status == "fail" and "only" in tiny.reason and tiny.n_frames < 10
@@ -115,20 +115,21 @@ def test_qa_flags_offset_and_dropped_frames(faulty_store):
     assert dropped.status == "fail" and dropped.frame_diff <= -5 and "expected" in dropped.reason
 
 
-def test_qa_can_correct_a_confident_offset(faulty_store, cfg):
+def test_qa_can_correct_a_confident_offset(faulty_store, cfg, tmp_path):
     from dataclasses import replace
 
     _, out, _, _ = faulty_store
-    corrected = qa.check_store(out, replace(cfg.qa, correct_offset=True), cfg.data.sample_rate).table.set_index("clip_id")
+    corrected = qa.check_store(out, replace(cfg.qa, correct_offset=True), cfg.data.sample_rate, run_dir=tmp_path).table.set_index("clip_id")
     shifted = corrected[corrected.index.str.startswith("shifted")]
     assert (shifted.status == "pass").all() and (shifted.audio_shift_frames == shifted.av_offset_frames).all()
     assert shifted.reason.str.contains("corrected").all()
-    clip = extract.load_clip(out, shifted.index[0])
+    clip = store.load_clip(out, shifted.index[0])
     spf = 16000 / 30
-    moved = qa.shift_audio(clip["audio"], 6, spf)
+    moved = store.shift_audio(clip["audio"], 6, spf)
     np.testing.assert_array_equal(moved[: 1000], clip["audio"][int(6 * spf): int(6 * spf) + 1000])
     assert len(moved) == len(clip["audio"])
-    qa.check_store(out, cfg.qa, cfg.data.sample_rate)  # leave the store as the other tests expect
+    example = store.load_example(out, shifted.index[0], 6)  # what training and evaluation read
+    np.testing.assert_array_equal(example.audio, moved)
 
 
 def test_extraction_resumes_without_redoing_finished_sources(faulty_store, cfg):
@@ -152,11 +153,11 @@ def test_audio_starting_late_is_placed_late(synthetic_raw, tmp_path, cfg):
     raw.mkdir()
     ffmpeg("-i", source, "-itsoffset", "0.2", "-i", source, "-map", "0:v", "-map", "1:a", "-c", "copy", raw / "late.mp4")
     extract.extract_store(raw, tmp_path / "out", cfg.data, cfg.extract, progress=False)
-    late = extract.load_clip(tmp_path / "out", "late")["audio"]
+    late = store.load_clip(tmp_path / "out", "late")["audio"]
     original = media.read_audio(source)
     lag = np.argmax(np.correlate(late[:32000], original[8000:16000], "valid")) - 8000
     assert abs(lag - 3200) < 40, lag  # 0.2 s at 16 kHz
-    row = qa.check_store(tmp_path / "out", cfg.qa, cfg.data.sample_rate).table.iloc[0]
+    row = qa.check_store(tmp_path / "out", cfg.qa, cfg.data.sample_rate, run_dir=tmp_path / "run").table.iloc[0]
     assert abs(row.av_offset_frames - 6) <= 1 and row.status == "fail"
 
 
@@ -172,7 +173,7 @@ def test_long_videos_are_cut_at_pauses(tmp_path, cfg):
     cuts = (clips.start.values[1:] * 30).round().astype(int)
     assert np.all(energy[cuts] < np.median(energy)), "cuts fall in quiet frames"
     for row in clips.itertuples():
-        clip = extract.load_clip(tmp_path / "out", row.clip_id)
+        clip = store.load_clip(tmp_path / "out", row.clip_id)
         assert abs(len(clip["audio"]) / 16000 * 30 - row.n_frames) < 1
 
 
@@ -187,13 +188,13 @@ def test_workers_and_shards_give_the_same_store(synthetic_raw, tmp_path, cfg):
     merged = tmp_path / "merged"
     for index in range(2):
         shutil.copytree(tmp_path / f"shard{index}", merged, dirs_exist_ok=True)
-    combined = extract.write_manifest(merged)
+    combined = store.write_manifest(merged)
     assert len(parallel) == 4 and (parallel.status == "ok").all()
     pd.testing.assert_frame_equal(parallel.sort_values("clip_id").reset_index(drop=True),
                                   combined.sort_values("clip_id").reset_index(drop=True))
     for clip_id in parallel.clip_id:
-        np.testing.assert_allclose(extract.load_clip(tmp_path / "parallel", clip_id)["mesh"],
-                                   extract.load_clip(merged, clip_id)["mesh"], atol=1e-5)
+        np.testing.assert_allclose(store.load_clip(tmp_path / "parallel", clip_id)["mesh"],
+                                   store.load_clip(merged, clip_id)["mesh"], atol=1e-5)
 
 
 def test_language_and_speaker_from_metadata(tmp_path, synthetic_raw, cfg):
@@ -228,7 +229,7 @@ def test_second_face_is_recorded_and_the_main_face_kept(tmp_path, cfg):
     manifest = extract.extract_store(tmp_path / "raw", tmp_path / "out", cfg.data, cfg.extract, progress=False)
     row = manifest.iloc[0]
     assert row.status == "ok" and row.multi_face_frames >= 45 and "largest, most central" in row.reason
-    clip = extract.load_clip(tmp_path / "out", row.clip_id)
+    clip = store.load_clip(tmp_path / "out", row.clip_id)
     assert clip["n_faces"][:30].max() == 1 and clip["n_faces"][75:].min() == 2
     centres = np.nanmean(clip["landmarks_image"][..., :2], axis=1)
     assert clip["face_found"].all() and (centres[:, 0] > 250).all(), "stays on the big, central face"
@@ -243,7 +244,7 @@ def test_variable_frame_rate_is_resampled_by_timestamp(synthetic_raw, tmp_path, 
     n_source = sum(1 for _ in media.iter_frames(source, 30))
     manifest = extract.extract_store(raw, tmp_path / "out", cfg.data, cfg.extract, progress=False)
     assert manifest.n_frames.iloc[0] == n_source  # not n_source - 30: frames are placed by time
-    row = qa.check_store(tmp_path / "out", cfg.qa, cfg.data.sample_rate).table.iloc[0]
+    row = qa.check_store(tmp_path / "out", cfg.qa, cfg.data.sample_rate, run_dir=tmp_path / "run").table.iloc[0]
     assert row.status == "pass" and abs(row.av_offset_frames) <= 1, row.to_dict()
 
 
@@ -251,7 +252,7 @@ def test_an_unreadable_clip_file_names_itself_and_the_fix(tmp_path):
     (tmp_path / "clips").mkdir()
     (tmp_path / "clips" / "broken.npz").write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(ValueError, match=r"broken.npz is unreadable.*re-run extraction"):
-        extract.load_clip(tmp_path, "broken")
+        store.load_clip(tmp_path, "broken")
 
 
 def test_a_25fps_source_repeats_frames_instead_of_tracking_them_twice(synthetic_raw, tmp_path, cfg):
@@ -260,7 +261,7 @@ def test_a_25fps_source_repeats_frames_instead_of_tracking_them_twice(synthetic_
     raw.mkdir()
     ffmpeg("-i", source, "-vf", "fps=25", "-c:a", "copy", raw / "pal.mp4")
     extract.extract_store(raw, tmp_path / "out", cfg.data, cfg.extract, progress=False)
-    clip = extract.load_clip(tmp_path / "out", "pal")
+    clip = store.load_clip(tmp_path / "out", "pal")
     repeated, points = clip["repeated"], clip["landmarks_image"]
     assert abs(repeated.sum() - len(repeated) / 6) <= 2  # 25 -> 30 fps repeats one frame in six
     np.testing.assert_array_equal(points[1:][repeated[1:]], points[:-1][repeated[1:]])
@@ -269,11 +270,11 @@ def test_a_25fps_source_repeats_frames_instead_of_tracking_them_twice(synthetic_
 
 
 def test_core_groups_give_each_worker_its_own_cpus(monkeypatch):
-    monkeypatch.setattr(extract.os, "sched_getaffinity", lambda pid: {4, 5, 6, 7})
-    assert extract._core_groups(1) == [{4, 5, 6, 7}]
-    assert extract._core_groups(2) == [{4, 5}, {6, 7}]
-    assert extract._core_groups(4) == [{4}, {5}, {6}, {7}]
-    assert extract._core_groups(5) == [{4}, {5}, {6}, {7}, {4}]
+    monkeypatch.setattr(workers.os, "sched_getaffinity", lambda pid: {4, 5, 6, 7})
+    assert workers.core_groups(1) == [{4, 5, 6, 7}]
+    assert workers.core_groups(2) == [{4, 5}, {6, 7}]
+    assert workers.core_groups(4) == [{4}, {5}, {6}, {7}]
+    assert workers.core_groups(5) == [{4}, {5}, {6}, {7}, {4}]
 
 
 def test_a_worker_that_dies_costs_only_its_own_sources(synthetic_raw, tmp_path, cfg):
@@ -296,8 +297,8 @@ def test_a_worker_that_dies_costs_only_its_own_sources(synthetic_raw, tmp_path, 
     deadline = time.time() + 120
     while not list((out / "sources").glob("*.json")) and time.time() < deadline:
         time.sleep(0.05)
-    workers = [p for p in multiprocessing.active_children() if p.name.startswith("a2m-extract")]
-    os.kill(workers[0].pid, signal.SIGKILL)  # as if MediaPipe had crashed inside it
+    children = [p for p in multiprocessing.active_children() if p.name.startswith("a2m-worker")]
+    os.kill(children[0].pid, signal.SIGKILL)  # as if MediaPipe had crashed inside it
     thread.join(300)
     assert "not finished" in outcome.get("error", ""), outcome
     done = len(list((out / "sources").glob("*.json")))
@@ -343,10 +344,10 @@ def test_tracking_and_decoding_get_their_own_cpus_and_the_caller_gets_its_own_ba
     shutil.copy(source, tmp_path / "raw" / source.name)
     extract.extract_store(tmp_path / "raw", tmp_path / "out", cfg.data, cfg.extract, workers=1, progress=False)
     assert os.sched_getaffinity(0) == before  # a notebook kernel is not left on one CPU
-    monkeypatch.setattr(extract.os, "sched_getaffinity", lambda pid: {2, 3, 5})
-    assert extract._split_cpus() == ({2}, {3, 5})
-    monkeypatch.setattr(extract.os, "sched_getaffinity", lambda pid: {3})
-    assert extract._split_cpus() == (None, None)
+    monkeypatch.setattr(workers.os, "sched_getaffinity", lambda pid: {2, 3, 5})
+    assert workers.split_cpus() == ({2}, {3, 5})
+    monkeypatch.setattr(workers.os, "sched_getaffinity", lambda pid: {3})
+    assert workers.split_cpus() == (None, None)
 
 
 def test_damaged_video_packets_are_skipped_and_noted(synthetic_raw, tmp_path, cfg):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from a2m_lib import neutral, qa
+from a2m_lib import neutral, picker, store
 
 
 def _truth_for(synthetic_raw, clip_id):
@@ -9,8 +9,7 @@ def _truth_for(synthetic_raw, clip_id):
     return np.load(synthetic_raw / speaker / f"{stem}.gt.npz", allow_pickle=True)["articulation"]
 
 
-def test_auto_neutral_has_a_nearly_closed_jaw_for_every_speaker(processed, synthetic_raw, tmp_path):
-    accepted = qa.accepted_clips(processed)
+def test_auto_neutral_has_a_nearly_closed_jaw_for_every_speaker(processed, synthetic_raw, tmp_path, accepted):
     chosen = neutral.resolve(processed, accepted, "auto", tmp_path)
     assert set(chosen.speaker) == {"spk0", "spk1"}
     for row in chosen.itertuples():
@@ -24,15 +23,14 @@ def test_auto_neutral_has_a_nearly_closed_jaw_for_every_speaker(processed, synth
         assert saved["clip_id"] == row.clip_id and saved["frame"] == row.frame
 
 
-def test_ranking_table_is_sorted_per_speaker(processed):
-    ranking = neutral.rank_candidates(processed, qa.accepted_clips(processed), top_k=5)
+def test_ranking_table_is_sorted_per_speaker(processed, accepted):
+    ranking = neutral.rank_candidates(processed, accepted, top_k=5)
     assert len(ranking) == 10
     for _, group in ranking.groupby("speaker"):
         assert group.score.is_monotonic_increasing
 
 
-def test_manual_frame_file_and_mean_closed_choices(processed, tmp_path):
-    accepted = qa.accepted_clips(processed)
+def test_manual_frame_file_and_mean_closed_choices(processed, tmp_path, accepted):
     clip_id = accepted.clip_id[accepted.speaker == "spk1"].iloc[0]
     chosen = neutral.resolve(processed, accepted, f"{clip_id}:5", tmp_path / "manual").set_index("speaker")
     assert chosen.loc["spk1", "chosen_by"] == "manual" and chosen.loc["spk1", "frame"] == 5
@@ -47,42 +45,43 @@ def test_manual_frame_file_and_mean_closed_choices(processed, tmp_path):
         neutral.resolve(processed, accepted, "nope:3", tmp_path / "bad")
 
 
-def test_picker_buttons_write_the_neutral_file_at_once(processed, tmp_path):
-    accepted = qa.accepted_clips(processed)
-    picker = neutral.NeutralPicker(processed, accepted, tmp_path, top_k=3)
-    assert picker.speaker.options == ("spk0", "spk1") and len(picker.buttons) == 3
-    assert "no neutral saved yet" in picker.status.value
-    picker.speaker.value = "spk1"
-    second = picker.ranking[picker.ranking.speaker == "spk1"].iloc[1]
-    picker.buttons[1].click()
+def test_picker_buttons_write_the_neutral_file_at_once(processed, tmp_path, accepted):
+    chooser = picker.NeutralPicker(processed, accepted, tmp_path, top_k=3)
+    assert chooser.speaker.options == ("spk0", "spk1") and len(chooser.buttons) == 3
+    assert "no neutral saved yet" in chooser.status.value
+    # the scrubber starts on the first candidate's clip and frame, with its image drawn
+    first = chooser.ranking[chooser.ranking.speaker == "spk0"].iloc[0]
+    assert (chooser.clip.value, chooser.slider.value) == (first.clip_id, first.frame)
+    assert chooser.scrub_image.value[:4] == b"\x89PNG"
+    chooser.speaker.value = "spk1"
+    second = chooser.ranking[chooser.ranking.speaker == "spk1"].iloc[1]
+    chooser.buttons[1].click()
     saved = neutral.load_neutral(tmp_path / "spk1.npz")
     assert (saved["clip_id"], saved["frame"], saved["chosen_by"]) == (second.clip_id, second.frame, "manual")
-    assert f"{second.clip_id}:{second.frame}" in picker.status.value
+    assert f"{second.clip_id}:{second.frame}" in chooser.status.value
     # the scrubber: any clip, any frame
-    picker.clip.value = picker.clip.options[-1]
-    picker.slider.value = 7
-    assert picker.scrub_image.value[:4] == b"\x89PNG"
-    picker.scrub_button.click()
+    chooser.clip.value = chooser.clip.options[-1]
+    chooser.slider.value = 7
+    assert chooser.scrub_image.value[:4] == b"\x89PNG"
+    chooser.scrub_button.click()
     saved = neutral.load_neutral(tmp_path / "spk1.npz")
-    assert (saved["clip_id"], saved["frame"]) == (picker.clip.options[-1], 7)
+    assert (saved["clip_id"], saved["frame"]) == (chooser.clip.options[-1], 7)
     # re-opening shows the saved choice, and re-running the notebook with auto keeps it
-    reopened = neutral.NeutralPicker(processed, accepted, tmp_path, top_k=3)
+    reopened = picker.NeutralPicker(processed, accepted, tmp_path, top_k=3)
     reopened.speaker.value = "spk1"
-    assert f"{picker.clip.options[-1]}:7" in reopened.status.value and "manual" in reopened.status.value
+    assert f"{chooser.clip.options[-1]}:7" in reopened.status.value and "manual" in reopened.status.value
     table = neutral.resolve(processed, accepted, "auto", tmp_path).set_index("speaker")
     assert table.loc["spk1", "chosen_by"] == "manual (kept)" and table.loc["spk0", "chosen_by"] == "auto"
     assert neutral.load_neutral(tmp_path / "spk1.npz")["frame"] == 7
 
 
-def test_training_targets_subtract_each_speakers_own_neutral(processed, tmp_path):
-    from a2m_lib import extract
+def test_training_targets_subtract_each_speakers_own_neutral(processed, tmp_path, accepted):
     from a2m_lib.dataset import ClipDataset
 
-    accepted = qa.accepted_clips(processed)
     neutral.resolve(processed, accepted, "auto", tmp_path)
     neutrals = neutral.load_neutrals(tmp_path)
     assert not np.allclose(neutrals["spk0"], neutrals["spk1"])
     dataset = ClipDataset(processed, accepted, neutrals, 468, 16000)
     for item, row in zip(dataset.items, accepted.itertuples()):
-        clip_mesh = extract.load_clip(processed, row.clip_id)["mesh"][:, :468]
+        clip_mesh = store.load_clip(processed, row.clip_id)["mesh"][:, :468]
         np.testing.assert_allclose(item["offsets"], clip_mesh - neutrals[row.speaker][:468], atol=1e-5)

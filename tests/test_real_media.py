@@ -3,7 +3,7 @@ import subprocess
 
 import pytest
 
-from a2m_lib import extract, media, qa
+from a2m_lib import extract, media, qa, regions, store
 
 from .conftest import require_eval_media
 
@@ -25,7 +25,7 @@ def real_store(tmp_path_factory, cfg):
                     "-c:v", "copy", "-af", f"adelay={delay_ms:.3f}:all=1", "-shortest", str(shifted)], check=True)
     out = tmp_path_factory.mktemp("real_processed")
     manifest = extract.extract_store(raw, out, cfg.data, cfg.extract, progress=False)
-    return manifest, qa.check_store(out, cfg.qa, cfg.data.sample_rate).table.set_index("clip_id")
+    return manifest, qa.check_store(out, cfg.qa, cfg.data.sample_rate, run_dir=out / "run").table.set_index("clip_id")
 
 
 def test_faces_are_found_and_frame_counts_match(real_store):
@@ -67,15 +67,15 @@ def test_tasks_backend_adds_blendshapes_and_a_metric_pose_free_mesh(tmp_path, cf
     tasks_cfg = replace(cfg.extract, extractor="tasks", task_file=str(task_file), canonical_model=str(canonical))
     manifest = extract.extract_store(tmp_path / "raw", tmp_path / "out", cfg.data, tasks_cfg, progress=False)
     assert manifest.status.tolist() == ["ok"], manifest.reason.tolist()
-    clip = extract.load_clip(tmp_path / "out", "aoc")
+    clip = store.load_clip(tmp_path / "out", "aoc")
     n_frames = len(clip["mesh"])
     assert clip["blendshapes"].shape == (n_frames, 52) and clip["transformation_matrix"].shape == (n_frames, 4, 4)
     assert "jawOpen" in list(clip["blendshape_names"]) and clip["face_found"].mean() > 0.95
     reference = mesh.load_canonical_model(canonical)
-    error = np.linalg.norm(clip["mesh"][:, mesh.STABLE_VERTICES] - reference[mesh.STABLE_VERTICES], axis=-1)
+    error = np.linalg.norm(clip["mesh"][:, regions.STABLE] - reference[regions.STABLE], axis=-1)
     assert np.nanmedian(error) < 0.5  # cm: the stable points sit on the canonical model
     jaw = list(clip["blendshape_names"]).index("jawOpen")
-    opening = mesh.mouth_opening(clip["mesh"])
+    opening = regions.mouth_opening(clip["mesh"])
     assert np.corrcoef(clip["blendshapes"][:, jaw], opening)[0, 1] > 0.5  # the mesh and the blendshape agree
     features = neutral.frame_features({"aoc": clip})
     assert "blendshape_energy" in features and len(neutral.score_frames(features)) > 0.9 * n_frames

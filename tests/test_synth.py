@@ -1,6 +1,6 @@
 import numpy as np
 
-from a2m_lib import media, mesh, synth
+from a2m_lib import media, mesh, regions, synth
 
 
 def test_mediapipe_finds_the_face_in_at_least_99_percent_of_frames(synthetic_raw):
@@ -31,7 +31,7 @@ def test_jaw_articulation_opens_the_tracked_mouth():
     with mesh.FaceTracker(static=True) as tracker:
         closed = mesh.remove_pose(tracker(synth.render_frame(rig, np.zeros(3, np.float32), np.zeros(4))))[0]
         opened = mesh.remove_pose(tracker(synth.render_frame(rig, np.array([1, 0, 0], np.float32), np.zeros(4))))[0]
-    assert mesh.mouth_opening(opened) > mesh.mouth_opening(closed) + 1.0  # mesh units (~cm)
+    assert regions.mouth_opening(opened) > regions.mouth_opening(closed) + 1.0  # mesh units (~cm)
 
 
 def test_speakers_differ_in_pitch_and_vowels_in_formants():
@@ -75,7 +75,7 @@ def test_batched_pose_removal_matches_scipys_similarity_fit():
     meshes, scales, rotations, translations = mesh.remove_pose_batch(frames)
     for i in range(4):
         # reference solution: scipy's Kabsch rotation, then scale and translation in closed form
-        source, target = frames[i][mesh.STABLE_VERTICES], reference[mesh.STABLE_VERTICES]
+        source, target = frames[i][regions.STABLE], reference[regions.STABLE]
         source_c, target_c = source - source.mean(0), target - target.mean(0)
         rotation, _ = Rotation.align_vectors(target_c, source_c)
         scale = (target_c * rotation.apply(source_c)).sum() / (source_c ** 2).sum()
