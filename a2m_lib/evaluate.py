@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import files, metrics, neutral, store
+from . import files, metrics, store
 from .config import Config
 from .model import load_model, normalise_audio, resolve_device
 
@@ -57,7 +57,7 @@ def evaluate(cfg: Config, run_dir: str | Path, split: str | None = None, checkpo
     clips = splits[splits.split == split]
     if clips.empty:
         raise RuntimeError(f"no '{split}' clips in {run_dir / 'splits.csv'}; add clips or raise data.test_fraction")
-    neutrals = neutral.load_neutrals(run_dir / "neutral")
+    neutrals = store.load_neutrals(run_dir / "neutral")
     rows, predictions = [], {}
     all_pred, all_target, all_neutral = [], [], []
     for row in tqdm(clips.itertuples(), total=len(clips), desc=f"evaluate {split}", disable=not progress):

@@ -21,6 +21,7 @@ import pandas as pd
 from scipy.spatial.transform import Rotation
 
 from . import files, regions, store
+from .store import load_neutral, load_neutrals, save_neutral  # the run's neutral files live with the store's readers
 
 SCORE_WEIGHTS = {"mouth": 1.0, "energy": 1.0, "eyes": 0.5, "pose": 0.5, "motion": 0.5, "blendshapes": 1.0}
 
@@ -112,33 +113,6 @@ def _spread_out(ranked: pd.DataFrame, top_k: int, min_gap_frames: int = 15) -> p
             if len(kept) == top_k:
                 break
     return ranked.iloc[kept]
-
-
-def save_neutral(path: str | Path, neutral_mesh: np.ndarray, speaker: str, clip_id: str, frame: int,
-                 chosen_by: str, score: float = float("nan")) -> Path:
-    """Write one speaker's neutral atomically; it carries where it came from and who chose it."""
-    path = Path(path)
-    with files.atomic_path(path) as tmp:
-        np.savez(tmp, mesh=neutral_mesh.astype(np.float32), speaker=speaker, clip_id=clip_id, frame=int(frame),
-                 chosen_by=chosen_by, score=float(score))
-    return path
-
-
-def load_neutral(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"neutral file {path} does not exist; run neutral selection (notebook 03) first")
-    with np.load(path) as data:
-        return {key: (data[key].item() if data[key].ndim == 0 else data[key]) for key in data.files}
-
-
-def load_neutrals(neutral_dir: str | Path) -> dict[str, np.ndarray]:
-    """{speaker: (478, 3) neutral mesh} from a run's neutral/ folder."""
-    neutral_dir = Path(neutral_dir)
-    found = {p.stem: load_neutral(p)["mesh"] for p in sorted(neutral_dir.glob("*.npz")) if not files.is_part(p)}
-    if not found:
-        raise FileNotFoundError(f"no neutral files in {neutral_dir}; run neutral selection (notebook 03) first")
-    return found
 
 
 def resolve(processed: str | Path, accepted: pd.DataFrame, choice: str, out_dir: str | Path,

@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 
 from . import media, regions
-from .neutral import load_neutral, load_speaker_clips, rank_candidates, save_neutral
+from .neutral import load_speaker_clips, rank_candidates
+from .store import load_neutral, save_neutral
 
 
 def preview_image(clip: dict, frame: int, size: int = 160) -> np.ndarray:

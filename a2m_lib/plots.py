@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from . import extract, files, media, neutral, qa, regions, store
+from . import extract, files, media, qa, regions, store
 
 
 # ----------------------------------------------------------------------------------- 01 extraction
@@ -96,7 +96,7 @@ def neutrals(neutral_dir: str | Path):
     paths = sorted(p for p in Path(neutral_dir).glob("*.npz") if not files.is_part(p))
     fig, axes = plt.subplots(len(paths), 2, figsize=(6, 3.2 * len(paths)), squeeze=False)
     for row, path in zip(axes, paths):
-        saved = neutral.load_neutral(path)
+        saved = store.load_neutral(path)
         shape = saved["mesh"]
         row[0].scatter(shape[:, 0], shape[:, 1], s=0.5)
         row[0].scatter(*shape[regions.LIPS][:, :2].T, s=3, color="tab:red")

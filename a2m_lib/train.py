@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import files, neutral, store
+from . import files, store
 from .config import Config
 from .dataset import ClipDataset, collate, split_clips
 from .model import Audio2Mesh, load_checkpoint, resolve_device
@@ -83,7 +83,7 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True) -> TrainResul
     splits = split_clips(accepted, cfg.data.val_fraction, cfg.data.test_fraction, cfg.seed)
     with files.atomic_path(run_dir / "splits.csv") as tmp:
         splits[["clip_id", "speaker", "split", "audio_shift_frames"]].to_csv(tmp, index=False)
-    neutrals = neutral.load_neutrals(run_dir / "neutral")
+    neutrals = store.load_neutrals(run_dir / "neutral")
     train_set = ClipDataset(cfg.data.processed, splits[splits.split == "train"], neutrals, cfg.model.n_vertices,
                             cfg.data.sample_rate, cfg.train.whole_clip_fraction, cfg.train.min_subclip_frames, cfg.seed)
     val_set = ClipDataset(cfg.data.processed, splits[splits.split == "val"], neutrals, cfg.model.n_vertices,

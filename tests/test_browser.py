@@ -1,5 +1,9 @@
-"""The neutral picker in a real JupyterLab, driven through headless Chromium (playwright).
+"""The neutral picker in a real JupyterLab, driven through headless Chromium (playwright), as a person uses it:
+JupyterLab started the way `make lab` starts it (on notebooks/), the stored notebook 03 opened from the file
+browser with its default parameters, Run All, then a click on a candidate.
 
+The project is a copy (configs/, notebooks/, the session's clip store as data/processed/demo, and the run's
+QA decisions as runs/demo/qa.csv) named by A2M_PROJECT_ROOT, so the test does not write into the checkout.
 Skipped where Chromium (Debian package `chromium`) or playwright is missing; .ci/run installs Chromium.
 """
 import os
@@ -11,10 +15,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import papermill
 import pytest
 
-from a2m_lib import neutral
+from a2m_lib import store
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -29,18 +32,22 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def jupyterlab(processed, tmp_path):
-    """JupyterLab serving a parameterised copy of notebook 03 over the session's clip store."""
-    papermill.execute_notebook(
-        str(REPO / "notebooks" / "03_neutral_selection.ipynb"), str(tmp_path / "03.ipynb"), prepare_only=True,
-        parameters=dict(config_path=str(REPO / "configs" / "demo.yaml"), run_dir=str(tmp_path / "run"),
-                        overrides={"data.processed": str(processed)}))
+def jupyterlab(processed, qa_run, tmp_path):
+    """JupyterLab on a copy of the project's notebooks/, whose relative paths lead to the session's clip store."""
+    project = tmp_path / "project"
+    shutil.copytree(REPO / "configs", project / "configs")
+    shutil.copytree(REPO / "notebooks", project / "notebooks")
+    (project / "data" / "processed").mkdir(parents=True)
+    (project / "data" / "processed" / "demo").symlink_to(processed)
+    (project / "runs" / "demo").mkdir(parents=True)
+    shutil.copy(qa_run / "qa.csv", project / "runs" / "demo" / "qa.csv")  # what notebook 02 leaves behind
     port = _free_port()
-    env = dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
-    server = subprocess.Popen(
+    env = dict(os.environ, A2M_PROJECT_ROOT=str(project),
+               PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
+    server = subprocess.Popen(  # as `make lab` does: jupyter lab notebooks/
         [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
-         "--IdentityProvider.token=a2m-test", f"--ServerApp.root_dir={tmp_path}", "--allow-root",
-         "--LabApp.news_url=None"], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+         "--IdentityProvider.token=a2m-test", "--allow-root", "--LabApp.news_url=None", "notebooks/"],
+        env=env, cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(120):
             try:
@@ -48,7 +55,7 @@ def jupyterlab(processed, tmp_path):
                 break
             except OSError:
                 time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}/lab/tree/03.ipynb?token=a2m-test", tmp_path / "run" / "neutral"
+        yield f"http://127.0.0.1:{port}/lab?token=a2m-test", project / "runs" / "demo" / "neutral"
     finally:
         server.terminate()
         server.wait(20)
@@ -65,6 +72,7 @@ def test_clicking_a_candidate_in_jupyterlab_writes_the_neutral(jupyterlab):
             for attempt in range(2):  # a second go from a fresh page load, should the UI miss a click
                 try:
                     page.goto(url)
+                    page.dblclick(".jp-DirListing-item:has-text('03_neutral_selection.ipynb')", timeout=90_000)
                     page.wait_for_selector(".jp-Notebook", timeout=90_000)
                     page.wait_for_selector(".jp-StatusBar-TextItem:has-text('Idle')", timeout=90_000)  # kernel ready
                     page.click(".lm-MenuBar-itemLabel:text-is('Run')", timeout=30_000)
@@ -83,12 +91,14 @@ def test_clicking_a_candidate_in_jupyterlab_writes_the_neutral(jupyterlab):
             page.locator('button:has-text("use this frame")').nth(1).click()
             deadline = time.time() + 30
             while time.time() < deadline:
-                saved = neutral.load_neutral(neutral_dir / "spk0.npz")
+                saved = store.load_neutral(neutral_dir / "spk0.npz")
                 if saved["chosen_by"] == "manual":
                     break
                 time.sleep(0.5)
             page.wait_for_selector("text=chosen by manual", timeout=30_000)
+            errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']").all_inner_texts()
         finally:
             browser.close()
     assert (saved["chosen_by"], saved["clip_id"], saved["frame"]) == ("manual", clip_id, int(frame))
     assert np.isfinite(saved["mesh"]).all()
+    assert not [text for text in errors if "Error" in text], errors  # every cell ran with its defaults

@@ -6,7 +6,7 @@ import sys
 import nbformat
 import pytest
 
-from a2m_lib import runner
+from a2m_lib import files, runner
 
 pytestmark = pytest.mark.slow
 
@@ -30,8 +30,12 @@ def test_all_notebooks_run_and_leave_a_record(demo_run):
     assert saved["started"] <= saved["ended"]
     assert saved["neutral"]["neutral"] == "auto" and {r["speaker"] for r in saved["neutral"]["speakers"]} == {"spk0", "spk1"}
     assert all(entry["status"] == "ok" and entry["seconds"] > 0 for entry in saved["notebooks"].values())
+    assert saved["qa_table_sha256"] == files.sha256(run_dir / "qa.csv")  # the decisions training read
+    assert (run_dir / "qa.csv").exists() and not (run_dir.parents[1] / "processed" / "qa.csv").exists()
     for name in record["notebooks"]:
         book = nbformat.read(run_dir / "notebooks" / f"{name}.ipynb", as_version=4)
+        streams = "".join(o.get("text", "") for c in book.cells for o in c.get("outputs", []) if o.get("output_type") == "stream")
+        assert "inference_feedback_manager" not in streams and "XNNPACK" not in streams, f"{name}: native log in the record"
         injected = [c for c in book.cells if "injected-parameters" in c.metadata.get("tags", [])]
         assert injected and "train.epochs" in injected[0].source
         assert any(o.get("output_type") == "display_data" for c in book.cells for o in c.get("outputs", [])), \
@@ -63,7 +67,7 @@ def test_a_failing_notebook_stops_the_run_and_names_itself(demo_run, tmp_path):
     run_dir, _, overrides = demo_run
     bad_run = tmp_path / "bad"
     command = [sys.executable, "-m", "a2m_lib.cli", "run", "--config", str(runner.REPO_ROOT / "configs" / "demo.yaml"),
-               "--run-dir", str(bad_run), "--from", "03", "-p", "neutral.neutral=no_such_clip:3"]
+               "--run-dir", str(bad_run), "--from", "02", "-p", "neutral.neutral=no_such_clip:3"]  # 02: the run needs its own QA table
     for item in overrides:
         command += ["-p", item]
     result = subprocess.run(command, capture_output=True, text=True)
