@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import sys
 import time
@@ -38,6 +39,16 @@ def cmd_run(args) -> int:
 def _print_record(record: dict) -> None:
     for name, entry in record["notebooks"].items():
         print(f"  {name:28s} {entry['status']:8s} {entry['seconds'] or 0:8.1f} s")
+
+
+def cmd_train(args) -> int:
+    from . import train
+
+    cfg = load_config(args.config, args.param)
+    result = train.train(cfg, args.run_dir)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"best epoch {result.best_epoch}, val L1 {result.best_val_loss:.4f}, {result.seconds:.0f} s on {result.device}")
+    return 0
 
 
 def cmd_demo(args) -> int:
@@ -109,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     stages.add_argument("--from", dest="stage_from", type=_stage_of, help="re-run from this stage on, e.g. 04")
     stages.add_argument("--only", type=_stage_of, help="re-run only this stage, e.g. 05")
     run.set_defaults(func=cmd_run)
+
+    train = with_params(commands.add_parser(
+        "train", help="train in RUN_DIR (its qa.csv and neutral/ come from notebooks 02-03); runs under torchrun"))
+    train.add_argument("--config", required=True)
+    train.add_argument("--run-dir", required=True)
+    train.set_defaults(func=cmd_train)
 
     demo = with_params(commands.add_parser("demo", help="synthesise sample data and run configs/demo.yaml"))
     demo.add_argument("--run-dir", default="runs/demo")

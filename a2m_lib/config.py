@@ -28,6 +28,11 @@ class ConfigError(ValueError):
     """A configuration key or value that cannot be used."""
 
 
+def _check(ok: bool, key: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}' is {value!r}; expected {expected}")
+
+
 def path_field(default: str, rule: str = "always") -> Any:
     """A field holding a path: relative values resolve against the project root ("if_exists": only when
     that path exists, for values that may also be a hub id)."""
@@ -42,6 +47,10 @@ class DataConfig:
     sample_rate: int = 16000  # audio Hz fed to the encoder
     val_fraction: float = 0.1
     test_fraction: float = 0.15
+    split_by: str = "clip"  # clip: held-out clips of every speaker | speaker: held-out speakers
+
+    def __post_init__(self):
+        _check(self.split_by in ("clip", "speaker"), "data.split_by", self.split_by, "clip or speaker")
 
 
 @dataclass
@@ -78,15 +87,28 @@ class NeutralConfig:
 
 @dataclass
 class ModelConfig:
-    encoder: str = path_field("facebook/wav2vec2-base-960h", "if_exists")  # hub id, local dir, or "scratch" (small, random init)
-    freeze_feature_encoder: bool = True  # AniPortrait freezes the Wav2Vec2 CNN
-    only_last_features: bool = False  # False: average all transformer layers, as AniPortrait
+    encoder: str = "wav2vec2"  # wav2vec2 (pretrained, model.pretrained) | scratch (small Wav2Vec2, untrained) | mel
+    pretrained: str = path_field("facebook/wav2vec2-base-960h", "if_exists")  # wav2vec2: hub id or local folder
+    freeze_feature_encoder: bool = True  # AniPortrait freezes the Wav2Vec2 CNN (its output is then cached)
+    only_last_features: bool = True  # True: last hidden state (AniPortrait's inference config); False: mean of all
     latent_dim: int = 512
     n_vertices: int = 468
-    # Sizes of the "scratch" encoder only (used offline, where no pretrained weights exist).
+    speaker_embedding: bool = False  # a learned vector per training speaker added to the latent (FaceFormer's style)
+    # Sizes of the "scratch" encoder (a small Wav2Vec2 trained from random weights, for offline runs).
     scratch_hidden: int = 128
     scratch_layers: int = 2
     scratch_conv_channels: int = 64
+    # The "mel" encoder: librosa log-mel frames at the video frame rate, then a temporal convolution stack.
+    mel_bands: int = 80
+    mel_hidden: int = 256
+    mel_layers: int = 4  # residual dilated convolutions, dilation 1, 2, 4, ...
+    mel_kernel: int = 5  # receptive field: 1 + (kernel - 1) * (2^layers - 1) frames
+    dropout: float = 0.0  # mel encoder and latent dropout
+
+    def __post_init__(self):
+        hint = (f"wav2vec2, scratch or mel (a hub id or folder goes in model.pretrained, with model.encoder=wav2vec2)"
+                if "/" in self.encoder else "wav2vec2, scratch or mel")
+        _check(self.encoder in ("wav2vec2", "scratch", "mel"), "model.encoder", self.encoder, hint)
 
 
 @dataclass
@@ -94,12 +116,37 @@ class TrainConfig:
     epochs: int = 100
     batch_size: int = 8
     lr: float = 1e-4
+    lr_schedule: str = "constant"  # constant | cosine (to 0 at the last step), after warmup_steps of linear warm-up
+    warmup_steps: int = 0
     weight_decay: float = 0.0
     whole_clip_fraction: float = 0.5  # share of samples that are whole clips; the rest are sub-clips
     min_subclip_frames: int = 10
+    reference: str = "neutral"  # neutral: targets mesh - neutral | random_frame: mesh - a random frame of the speaker
+    velocity_weight: float = 0.0  # + weight x L1 of frame-to-frame differences
+    lip_weight: float = 0.0  # + weight x L1 on the lip vertices
+    silence_weight: float = 0.0  # + weight x predicted motion in silent frames (stillness)
+    augment: bool = False  # training-time audio feature noise and masking (mel encoder)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU | bf16 | fp32
+    compile: bool = False  # torch.compile the model
+    num_workers: int = 0  # DataLoader worker processes
     num_threads: int = 0  # torch CPU threads; 0 keeps torch's default
+    cache_features: bool = True  # frozen features (frozen CNN, mel) computed once per clip and kept in the store
     validate_every: int = 1  # epochs between validation passes (the last epoch is always validated)
+    checkpoint_every: int = 0  # optimiser steps between checkpoints (0: at the end of every epoch only)
+    collapse_ratio: float = 0.3  # warn when predicted motion std on validation < this x the truth's
+    processes: int = 1  # notebook 04: > 1 launches `torchrun --nproc_per_node N a2m train` (DDP)
+    resume: bool = True  # continue an interrupted run (same training config and split); False: start afresh
+
+    def __post_init__(self):
+        _check(self.reference in ("neutral", "random_frame"), "train.reference", self.reference, "neutral or random_frame")
+        _check(self.precision in ("auto", "bf16", "fp32"), "train.precision", self.precision, "auto, bf16 or fp32")
+        _check(self.lr_schedule in ("constant", "cosine"), "train.lr_schedule", self.lr_schedule, "constant or cosine")
+        for key in ("velocity_weight", "lip_weight", "silence_weight", "weight_decay", "collapse_ratio"):
+            _check(getattr(self, key) >= 0, f"train.{key}", getattr(self, key), "a number >= 0")
+        _check(0 <= self.whole_clip_fraction <= 1, "train.whole_clip_fraction", self.whole_clip_fraction, "0 to 1")
+        _check(self.min_subclip_frames >= 1 and self.processes >= 1, "train.min_subclip_frames/processes",
+               (self.min_subclip_frames, self.processes), "at least 1")
 
 
 @dataclass

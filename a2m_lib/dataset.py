@@ -1,89 +1,202 @@
-"""Training data: a run's accepted clips (store.load_example) as (audio, offsets from the speaker's neutral) pairs.
+"""Training data: a run's accepted clips as (frame features or audio, offsets from the reference) samples.
 
-Samples mix whole clips and random sub-clips of at least `min_subclip_frames` frames, as in AniPortrait.
-Audio is cut at exactly `frames * sample_rate / fps` samples so that padding keeps frames aligned.
+    dataset = ClipDataset(processed, clips, neutrals, n_vertices=468, speakers=["spk0"], features=cache, ...)
+    batches = EpochBatches(len(dataset), batch_size=8, seed=0)     # the order of an epoch, resumable mid-epoch
+
+Each epoch mixes whole clips and random sub-clips of at least `min_subclip_frames` frames, in the ratio
+`whole_clip_fraction`. A sub-clip is a slice of the clip's frame features (see a2m_lib.model), so the
+frozen part of the encoder runs once per clip (FeatureCache) and a sub-clip's audio covers exactly its frames.
+Every random choice is a function of (seed, epoch, sample index), so an epoch is the same whether it runs in
+one go, resumes after a crash, or is split across DDP processes. Clips are read from the store when a sample
+is drawn (store.load_example), not held in memory; cached features are memory-mapped.
 """
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from . import store
+from . import files, store
 from .model import normalise_audio
 
 
-def split_clips(accepted: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int) -> pd.DataFrame:
-    """Deterministic per-speaker split by a hash of (seed, clip_id): adds a `split` column (train|val|test).
+def split_clips(accepted: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int,
+                by: str = "clip") -> pd.DataFrame:
+    """Deterministic split by a hash of (seed, clip_id or speaker): adds a `split` column (train|val|test).
 
-    Each speaker with at least 3 clips gets at least one val and one test clip.
+    by="clip": per speaker, so every speaker is in training; each speaker with at least 3 clips gets at least one
+    val and one test clip. by="speaker": whole speakers are held out (needs at least 3 speakers).
     """
-    parts = []
-    for _, group in accepted.groupby("speaker", sort=True):
-        group = group.copy()
-        group["_rank"] = [hashlib.sha256(f"{seed}:{c}".encode()).hexdigest() for c in group.clip_id]
-        group = group.sort_values("_rank")
-        n = len(group)
+    def ranked(names):
+        return sorted(names, key=lambda name: hashlib.sha256(f"{seed}:{name}".encode()).hexdigest())
+
+    def assign(n):
         n_test = max(1, round(test_fraction * n)) if n >= 3 else 0
         n_val = max(1, round(val_fraction * n)) if n >= 3 else 0
-        group["split"] = ["test"] * n_test + ["val"] * n_val + ["train"] * (n - n_test - n_val)
-        parts.append(group.drop(columns="_rank"))
-    return pd.concat(parts).sort_values("clip_id").reset_index(drop=True)
+        return ["test"] * n_test + ["val"] * n_val + ["train"] * (n - n_test - n_val)
+
+    table = accepted.copy()
+    if by == "speaker":
+        speakers = ranked(table.speaker.unique())
+        if len(speakers) < 3:
+            raise ValueError(f"data.split_by=speaker needs at least 3 speakers, found {len(speakers)}; use data.split_by=clip")
+        table["split"] = table.speaker.map(dict(zip(speakers, assign(len(speakers)))))
+    else:
+        parts = []
+        for _, group in table.groupby("speaker", sort=True):
+            order = ranked(group.clip_id)
+            parts.append(group.assign(split=group.clip_id.map(dict(zip(order, assign(len(order)))))))
+        table = pd.concat(parts)
+    return table.sort_values("clip_id").reset_index(drop=True)
+
+
+def frame_loudness(audio: np.ndarray, sample_rate: int, fps: float, n_frames: int) -> np.ndarray:
+    """Log RMS per video frame, (n_frames,); frame t covers [t, t+1) / fps."""
+    hop = sample_rate / fps
+    edges = np.round(np.arange(n_frames + 1) * hop).astype(int).clip(0, len(audio))
+    squares = np.concatenate([[0.0], np.cumsum(np.square(audio, dtype=np.float64))])
+    power = (squares[edges[1:]] - squares[edges[:-1]]) / np.maximum(np.diff(edges), 1)
+    return np.log(np.sqrt(power) + 1e-5).astype(np.float32)
+
+
+def silent_frames(loudness: np.ndarray) -> np.ndarray:
+    """Frames at least 30 dB (log 10^1.5) below the clip's loud frames: pauses, where the face should rest."""
+    return loudness < np.quantile(loudness, 0.9) - 1.5 * np.log(10)
+
+
+class FeatureCache:
+    """Frame features that no training changes (a frozen Wav2Vec2 CNN, or log-mel), computed once per clip.
+
+    Kept in the store (they depend only on the clip's audio and the encoder): features/<features_id>/
+    <clip_id>-<audio sha256>.npy, keyed by the frozen weights (model.features_id) and the audio after the run's QA
+    shift. Read back memory-mapped.
+    """
+
+    def __init__(self, processed: str | Path, model, sample_rate: int = 16000):
+        self.folder = Path(processed) / "features" / model.features_id()
+        self.model, self.sample_rate = model, sample_rate
+
+    def get(self, example: store.Example) -> np.ndarray:
+        audio = normalise_audio(example.audio)
+        digest = hashlib.sha256(audio.tobytes()).hexdigest()[:16]
+        path = self.folder / f"{example.clip_id}-{digest}-{len(example.mesh)}.npy"
+        if not path.exists():
+            with torch.no_grad():
+                device = next(self.model.parameters()).device
+                features = self.model.frame_features(torch.from_numpy(audio).to(device), len(example.mesh), self.sample_rate)
+            with files.atomic_path(path) as tmp:
+                np.save(tmp, features.float().cpu().numpy())
+        return np.load(path, mmap_mode="r")
 
 
 class ClipDataset(torch.utils.data.Dataset):
-    """Holds its clips in memory (a 6 s clip is about 0.5 MB of audio and offsets)."""
+    """Samples of a run's clips: sub-clip choice, reference, targets. See the module docstring."""
 
     def __init__(self, processed, clips: pd.DataFrame, neutrals: dict[str, np.ndarray], n_vertices: int,
-                 sample_rate: int, whole_clip_fraction: float = 1.0, min_subclip_frames: int = 10, seed: int = 0):
-        self.items = []
-        for row in clips.itertuples():
-            if row.speaker not in neutrals:
-                raise KeyError(f"no neutral for speaker '{row.speaker}' (clip {row.clip_id}); re-run neutral selection")
-            example = store.load_example(processed, row.clip_id, int(getattr(row, "audio_shift_frames", 0)),
-                                         sample_rate, n_vertices)
-            offsets = example.mesh - neutrals[row.speaker][:n_vertices]                   # (T, V, 3)
-            self.items.append(dict(clip_id=row.clip_id, speaker=row.speaker, audio=normalise_audio(example.audio),
-                                   offsets=np.nan_to_num(offsets).astype(np.float32), valid=example.valid,
-                                   samples_per_frame=example.samples_per_frame))
-        self.whole_clip_fraction = whole_clip_fraction
-        self.min_subclip_frames = min_subclip_frames
-        self.rng = np.random.default_rng(seed)
-        self.seed = seed
+                 sample_rate: int = 16000, speakers: list[str] | None = None, whole_clip_fraction: float = 1.0,
+                 min_subclip_frames: int = 10, seed: int = 0, features: FeatureCache | None = None,
+                 reference: str = "neutral"):
+        self.processed, self.neutrals, self.n_vertices, self.sample_rate = Path(processed), neutrals, n_vertices, sample_rate
+        self.rows = [(row.clip_id, row.speaker, int(getattr(row, "audio_shift_frames", 0) or 0)) for row in clips.itertuples()]
+        for clip_id, speaker, _ in self.rows:
+            if speaker not in neutrals:
+                raise KeyError(f"no neutral for speaker '{speaker}' (clip {clip_id}); re-run neutral selection (notebook 03)")
+        self.speakers = list(speakers or sorted({speaker for _, speaker, _ in self.rows}))
+        self.whole_clip_fraction, self.min_subclip_frames = whole_clip_fraction, min_subclip_frames
+        self.seed, self.epoch, self.features, self.reference = seed, 0, features, reference
+        self.reference_pool = self._reference_pool() if reference == "random_frame" else {}
+
+    def _reference_pool(self, per_clip: int = 8) -> dict[str, np.ndarray]:
+        """Per speaker, frames of its clips that can serve as a dynamic reference, (K, V, 3)."""
+        pool: dict[str, list] = {}
+        rng = np.random.default_rng([self.seed, 7])
+        for clip_id, speaker, shift in self.rows:
+            example = store.load_example(self.processed, clip_id, shift, self.sample_rate, self.n_vertices, audio=False)
+            frames = np.flatnonzero(example.valid)
+            pool.setdefault(speaker, []).extend(example.mesh[rng.choice(frames, min(per_clip, len(frames)), replace=False)])
+        return {speaker: np.stack(frames) for speaker, frames in pool.items()}
 
     def set_epoch(self, epoch: int) -> None:
-        self.rng = np.random.default_rng([self.seed, epoch])
+        self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.rows)
 
     def __getitem__(self, index: int) -> dict:
-        item = self.items[index]
-        n_frames = len(item["offsets"])
+        clip_id, speaker, shift = self.rows[index]
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        example = store.load_example(self.processed, clip_id, shift, self.sample_rate, self.n_vertices)
+        n_frames = len(example.mesh)
         start, length = 0, n_frames
-        if n_frames > self.min_subclip_frames and self.rng.random() >= self.whole_clip_fraction:
-            length = int(self.rng.integers(self.min_subclip_frames, n_frames + 1))
-            start = int(self.rng.integers(0, n_frames - length + 1))
-        spf = item["samples_per_frame"]
-        first, count = int(round(start * spf)), int(round(length * spf))
-        audio = item["audio"][first: first + count]
-        audio = np.pad(audio, (0, count - len(audio)))  # the audio may end up to a frame early
-        return dict(audio=torch.from_numpy(audio), offsets=torch.from_numpy(item["offsets"][start: start + length]),
-                    valid=torch.from_numpy(item["valid"][start: start + length]), clip_id=item["clip_id"],
-                    samples_per_frame=spf)
+        if n_frames > self.min_subclip_frames and rng.random() >= self.whole_clip_fraction:
+            length = int(rng.integers(self.min_subclip_frames, n_frames + 1))
+            start = int(rng.integers(0, n_frames - length + 1))
+        neutral = self.neutrals[speaker][: self.n_vertices]
+        base = neutral
+        if self.reference == "random_frame":
+            pool = self.reference_pool[speaker]
+            base = pool[rng.integers(len(pool))]
+        frames = slice(start, start + length)
+        offsets = np.nan_to_num(example.mesh[frames] - base).astype(np.float32)              # (T, V, 3)
+        loudness = frame_loudness(example.audio, self.sample_rate, example.fps, n_frames)
+        sample = dict(clip_id=clip_id, speaker_id=self.speakers.index(speaker) if speaker in self.speakers else 0,
+                      offsets=torch.from_numpy(offsets), valid=torch.from_numpy(example.valid[frames].copy()),
+                      silent=torch.from_numpy(silent_frames(loudness)[frames].copy()),
+                      reference=torch.from_numpy((base - neutral).astype(np.float32)))
+        if self.features is not None:
+            sample["features"] = torch.from_numpy(np.array(self.features.get(example)[frames], np.float32))
+        else:  # the encoder's frame features are computed on the whole clip during the step, then sliced
+            sample.update(audio=torch.from_numpy(normalise_audio(example.audio)), start=start, n_clip_frames=n_frames)
+        return sample
 
 
 def collate(batch: list[dict]) -> dict:
-    """Zero-pad to the longest sample: audio (B, S), offsets (B, T, V, 3), mask (B, T)."""
+    """Zero-pad to the longest sample: offsets (B, T, V, 3), mask/silent (B, T), features (B, T, C) when cached;
+    otherwise each sample's whole-clip audio stays a list (the CNN runs per clip, unpadded)."""
     n_frames = max(len(sample["offsets"]) for sample in batch)
-    n_samples = int(round(n_frames * batch[0]["samples_per_frame"]))
-    audio = torch.zeros(len(batch), n_samples)
-    offsets = torch.zeros(len(batch), n_frames, *batch[0]["offsets"].shape[1:])
-    mask = torch.zeros(len(batch), n_frames, dtype=torch.bool)
+    out = dict(offsets=torch.zeros(len(batch), n_frames, *batch[0]["offsets"].shape[1:]),
+               mask=torch.zeros(len(batch), n_frames, dtype=torch.bool),
+               silent=torch.zeros(len(batch), n_frames, dtype=torch.bool),
+               speaker_ids=torch.tensor([s["speaker_id"] for s in batch]),
+               reference=torch.stack([s["reference"] for s in batch]),
+               lengths=[len(s["offsets"]) for s in batch], clip_ids=[s["clip_id"] for s in batch])
     for i, sample in enumerate(batch):
-        audio[i, : len(sample["audio"])] = sample["audio"][:n_samples]
-        offsets[i, : len(sample["offsets"])] = sample["offsets"]
-        mask[i, : len(sample["valid"])] = sample["valid"]
-    return dict(audio=audio, offsets=offsets, mask=mask, n_frames=n_frames, clip_ids=[s["clip_id"] for s in batch])
+        length = len(sample["offsets"])
+        out["offsets"][i, :length] = sample["offsets"]
+        out["mask"][i, :length] = sample["valid"]
+        out["silent"][i, :length] = sample["silent"]
+    if "features" in batch[0]:
+        out["features"] = torch.zeros(len(batch), n_frames, batch[0]["features"].shape[1])
+        for i, sample in enumerate(batch):
+            out["features"][i, : len(sample["features"])] = sample["features"]
+    else:
+        out.update(audio=[s["audio"] for s in batch], starts=[s["start"] for s in batch],
+                   clip_frames=[s["n_clip_frames"] for s in batch])
+    return out
+
+
+class EpochBatches(torch.utils.data.Sampler):
+    """The batches of one epoch: a permutation drawn from (seed, epoch), cut into batches of `batch_size`.
+
+    `skip` batches are left out at the start (resuming mid-epoch). Under DDP each process takes its share of
+    every batch (rank::world_size), so the processes together see exactly the single-process batches.
+    """
+
+    def __init__(self, n_samples: int, batch_size: int, seed: int, epoch: int = 0, skip: int = 0,
+                 rank: int = 0, world_size: int = 1):
+        order = np.random.default_rng([seed, epoch, 1]).permutation(n_samples).tolist()
+        batches = [order[i: i + batch_size] for i in range(0, n_samples, batch_size)]
+        self.batches = [batch[rank::world_size] for batch in batches[skip:]]
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    @staticmethod
+    def count(n_samples: int, batch_size: int) -> int:
+        return -(-n_samples // batch_size)

@@ -1,19 +1,29 @@
-"""Stage 05: held-out error of the trained model against the neutral baseline.
+"""Stage 05: predictions on held-out clips first, then the field's metrics against hard baselines.
 
-    result = evaluate.evaluate(cfg, run_dir)   # writes run_dir/metrics.json
+    result = evaluate.evaluate(cfg, run_dir)                       # split, checkpoint, device: cfg.evaluate
+    summary = evaluate.score(run_dir / "predictions", ...)          # metrics again from the files, no model
 
-Split, checkpoint and device come from the config's `evaluate` section (evaluate.split, evaluate.checkpoint,
-evaluate.device); the model is read by model.load_model, and each clip by store.load_example with the
-run's QA shift, as in training.
+1. `predict_clips` writes RUN_DIR/predictions/<clip_id>.npz (PREDICTION_KEYS): the model's and the truth's
+   absolute meshes, the reference used, fps, and the baselines' meshes, all on the clip's valid frames. Each
+   clip goes through Audio2Mesh.predict, the inference path `a2m predict` uses, with the run's QA shift.
+2. `score` computes metrics.py's metrics from those files alone (as CodeTalker's cal_metric.py does) and
+   writes metrics.json: under `model` and `baselines.<name>` (neutral, mean_offset, nearest_audio), with
+   breakdowns under per_clip, per_speaker and per_language, and `failures` naming each baseline the model
+   does not beat on lve or mouth_corr.
 
-metrics.json:
-    {"split": "test", "n_clips": .., "n_frames": .., "unit": "mesh units (~cm)", "checkpoint": ..,
-     "model": {"lve": .., "mve": .., "mouth_corr": .. (mean over clips)},
-     "baselines": {"neutral": {"lve": .., "mve": .., "mouth_corr": 0.0}},
-     "per_clip": [{"clip_id": .., "model_lve": .., "neutral_lve": .., ...}, ...]}
+Baselines:
+    neutral        no motion: the speaker's neutral mesh on every frame
+    mean_offset    the speaker's mean training offset (mesh - neutral) on every frame
+    nearest_audio  per frame, the training frame of the speaker whose log-mel audio frame is nearest
+
+Reference at test time: every model is also run with a random non-neutral frame of the speaker's training
+clips as its reference (prediction = that frame + predicted offsets, the reference given to a
+dynamic-reference model as input), reported under `reference_tests`, so a reader sees what a non-neutral
+reference costs with and without train.reference = random_frame.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,70 +34,211 @@ from tqdm.auto import tqdm
 
 from . import files, metrics, store
 from .config import Config
-from .model import load_model, normalise_audio, resolve_device
+from .model import Audio2Mesh, load_model, log_mel, resolve_device
 
-METRICS = {"lve": metrics.lip_vertex_error, "mve": metrics.mean_vertex_error,
-           "mouth_corr": metrics.mouth_opening_correlation}
+BASELINES = ("neutral", "mean_offset", "nearest_audio")
+PREDICTION_KEYS = {
+    "model": "(T, V, 3) predicted absolute mesh (neutral reference)",
+    "truth": "(T, V, 3) extracted mesh",
+    "neutral": "(V, 3) the speaker's neutral: the reference of `model`",
+    "baseline_mean_offset": "(T, V, 3)", "baseline_nearest_audio": "(T, V, 3)",
+    "random_reference": "(V, 3) a non-neutral training frame of the speaker",
+    "model_random_reference": "(T, V, 3) prediction with random_reference as the reference",
+    "frames": "(T,) indices of the clip's valid frames these rows are", "fps": "frames per second",
+    "clip_id": "", "speaker": "", "language": "",
+}
+LOWER_IS_BETTER = ("lve",)
+HIGHER_IS_BETTER = ("mouth_corr",)
 
 
 @dataclass
 class EvalResult:
-    summary: dict
-    per_clip: pd.DataFrame
-    predictions: dict[str, dict[str, np.ndarray]]  # clip_id -> {"prediction", "target", "neutral"}
+    summary: dict            # what metrics.json holds
+    per_clip: pd.DataFrame   # one row per clip: model_<metric>, <baseline>_<metric>
+    predictions: Path        # the folder of prediction files
+
+    def load(self, clip_id: str) -> dict:
+        with np.load(self.predictions / f"{clip_id}.npz") as data:
+            return {key: data[key] for key in data.files}
 
 
-@torch.no_grad()
-def predict_offsets(model, audio: np.ndarray, n_frames: int, device) -> np.ndarray:
-    """One clip: audio (samples,) -> offsets (n_frames, V, 3)."""
-    batch = torch.from_numpy(normalise_audio(audio))[None].to(device)
-    return model(batch, n_frames)[0].cpu().numpy()
+# ----------------------------------------------------------------------------------- baselines from training clips
 
+class TrainingFrames:
+    """What the baselines draw on: each training speaker's mean offset and its frames' log-mel audio."""
+
+    def __init__(self, processed, train_rows: pd.DataFrame, neutrals: dict, n_vertices: int, sample_rate: int,
+                 progress: bool = True):
+        self.mean_offset, self.mel, self.offsets = {}, {}, {}
+        for speaker, rows in train_rows.groupby("speaker"):
+            offsets, mels = [], []
+            for row in tqdm(list(rows.itertuples()), desc=f"baselines {speaker}", leave=False, disable=not progress):
+                example = store.load_example(processed, row.clip_id, int(row.audio_shift_frames), sample_rate, n_vertices)
+                mel = _normalised_mel(example.audio, sample_rate, len(example.mesh))
+                offsets.append(example.mesh[example.valid] - neutrals[speaker][:n_vertices])
+                mels.append(mel[example.valid])
+            self.offsets[speaker], self.mel[speaker] = np.concatenate(offsets), np.concatenate(mels)
+            self.mean_offset[speaker] = self.offsets[speaker].mean(0)
+        self.all_speakers = sorted(self.offsets)
+
+    def mean_offset_for(self, speaker: str) -> np.ndarray:
+        """The speaker's mean offset; for a speaker not in training, the mean over training speakers."""
+        if speaker in self.mean_offset:
+            return self.mean_offset[speaker]
+        return np.mean([self.mean_offset[s] for s in self.all_speakers], axis=0)
+
+    def nearest_audio(self, speaker: str, audio: np.ndarray, sample_rate: int, n_frames: int) -> np.ndarray:
+        """(n_frames, V, 3) offsets of the nearest training frames by log-mel distance."""
+        pool = [speaker] if speaker in self.mel else self.all_speakers
+        bank = torch.from_numpy(np.concatenate([self.mel[s] for s in pool]))
+        offsets = np.concatenate([self.offsets[s] for s in pool])
+        query = torch.from_numpy(_normalised_mel(audio, sample_rate, n_frames))
+        nearest = torch.cat([torch.cdist(chunk, bank).argmin(1) for chunk in query.split(2048)])
+        return offsets[nearest.numpy()]
+
+
+def _normalised_mel(audio: np.ndarray, sample_rate: int, n_frames: int) -> np.ndarray:
+    """Log-mel per video frame, each band standardised over the clip (loudness and channel differences removed)."""
+    mel = log_mel(audio, sample_rate, 40, n_frames)
+    return ((mel - mel.mean(0)) / (mel.std(0) + 1e-5)).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------- 1. predictions
+
+def predict_clips(model: Audio2Mesh, clips: pd.DataFrame, processed, neutrals: dict, training: TrainingFrames,
+                  out_dir: Path, sample_rate: int, seed: int = 0, progress: bool = True) -> list[Path]:
+    """Write one prediction file per clip (PREDICTION_KEYS) and return their paths."""
+    rng = np.random.default_rng(seed)
+    written = []
+    for row in tqdm(list(clips.itertuples()), desc="predict", disable=not progress):
+        example = store.load_example(processed, row.clip_id, int(row.audio_shift_frames), sample_rate, model.cfg.n_vertices)
+        neutral = neutrals[row.speaker][: model.cfg.n_vertices]
+        n_frames, valid = len(example.mesh), example.valid
+        speaker = row.speaker if row.speaker in model.speakers or model.speaker_embedding is None else None
+        if speaker is None:
+            raise ValueError(f"clip {row.clip_id}: speaker '{row.speaker}' was not in training and this model has a "
+                             f"speaker embedding for {', '.join(model.speakers)} only")
+        offsets = model.predict(example.audio, n_frames, speaker=speaker, sample_rate=sample_rate, fps=example.fps)
+        # a non-neutral reference: a random training frame of the speaker (its mean-offset pool)
+        pool = training.offsets.get(row.speaker)
+        reference_offsets = pool[rng.integers(len(pool))] if pool is not None else training.mean_offset_for(row.speaker)
+        random_reference = neutral + reference_offsets
+        if model.reference_fn is not None:
+            with_reference = random_reference + model.predict(example.audio, n_frames, speaker=speaker,
+                                                              reference=reference_offsets, sample_rate=sample_rate,
+                                                              fps=example.fps)
+        else:
+            with_reference = random_reference + offsets  # the model assumes its reference is the neutral
+        nearest = training.nearest_audio(row.speaker, example.audio, sample_rate, n_frames)
+        path = out_dir / f"{row.clip_id}.npz"
+        with files.atomic_path(path) as tmp:
+            np.savez(tmp, model=(neutral + offsets)[valid], truth=example.mesh[valid], neutral=neutral,
+                     baseline_mean_offset=np.broadcast_to(neutral + training.mean_offset_for(row.speaker),
+                                                          example.mesh.shape)[valid],
+                     baseline_nearest_audio=(neutral + nearest)[valid], random_reference=random_reference,
+                     model_random_reference=with_reference[valid], frames=np.flatnonzero(valid), fps=example.fps,
+                     clip_id=row.clip_id, speaker=row.speaker, language=example.language)
+        written.append(path)
+    return written
+
+
+# ----------------------------------------------------------------------------------- 2. metrics from the files
+
+def score(predictions: Path, split: str = "test", extra: dict | None = None) -> dict:
+    """Metrics from prediction files alone (no model needed): the summary that metrics.json holds."""
+    rows, by_group = [], {}
+    variants = {"model": "model", **{name: f"baseline_{name}" for name in BASELINES if name != "neutral"}}
+    for path in sorted(p for p in Path(predictions).glob("*.npz") if not files.is_part(p)):
+        with np.load(path) as data:
+            clip = {key: data[key] for key in data.files}
+        truth, neutral = clip["truth"], clip["neutral"]
+        candidates = {name: clip[key] for name, key in variants.items()}
+        candidates["neutral"] = np.broadcast_to(neutral, truth.shape)
+        candidates["model_random_reference"] = clip["model_random_reference"]
+        candidates["random_reference_still"] = np.broadcast_to(clip["random_reference"], truth.shape)
+        row = dict(clip_id=str(clip["clip_id"]), speaker=str(clip["speaker"]), language=str(clip["language"]) or "unknown",
+                   n_frames=len(truth))
+        for name, prediction in candidates.items():
+            for key, value in metrics.clip_metrics(prediction, truth, neutral).items():
+                if key != "n_frames":
+                    row[f"{name}_{key}"] = value
+        rows.append(row)
+    if not rows:
+        raise RuntimeError(f"no prediction files in {predictions}; run the prediction step first")
+    per_clip = pd.DataFrame(rows)
+
+    def block(table: pd.DataFrame, name: str) -> dict:
+        return metrics.summarise([dict(n_frames=r["n_frames"], **{k: r[f"{name}_{k}"] for k in metrics.UNITS})
+                                  for r in table.to_dict("records")])
+
+    def everything(table: pd.DataFrame) -> dict:
+        return dict(model=block(table, "model"), baselines={name: block(table, name) for name in BASELINES})
+
+    summary = dict(split=split, n_clips=len(per_clip), n_frames=int(per_clip.n_frames.sum()),
+                   unit="mesh units (~cm; outer eye corners 9 units apart)", units=metrics.UNITS, **everything(per_clip))
+    summary["lve_ratio_model_to_neutral"] = summary["model"]["lve"] / max(summary["baselines"]["neutral"]["lve"], 1e-12)
+    summary["lve_ratio_model_to_mean_offset"] = summary["model"]["lve"] / max(summary["baselines"]["mean_offset"]["lve"], 1e-12)
+    summary["reference_tests"] = {"neutral": block(per_clip, "model"), "random_frame": block(per_clip, "model_random_reference"),
+                                  "random_frame_no_motion": block(per_clip, "random_reference_still")}
+    summary["failures"] = [
+        f"the model does not beat the {name} baseline on {key}: {summary['model'][key]:.4f} vs "
+        f"{summary['baselines'][name][key]:.4f}"
+        for name in BASELINES for key in LOWER_IS_BETTER + HIGHER_IS_BETTER
+        if (key in LOWER_IS_BETTER and summary["model"][key] >= summary["baselines"][name][key])
+        or (key in HIGHER_IS_BETTER and summary["model"][key] <= summary["baselines"][name][key])]
+    summary["per_speaker"] = {speaker: everything(table) for speaker, table in per_clip.groupby("speaker")}
+    summary["per_language"] = {language: everything(table) for language, table in per_clip.groupby("language")}
+    summary.update(extra or {})
+    summary["per_clip"] = per_clip.to_dict("records")
+    return summary
+
+
+# ----------------------------------------------------------------------------------- the stage
 
 def evaluate(cfg: Config, run_dir: str | Path, split: str | None = None, checkpoint: str | None = None,
-             progress: bool = True) -> EvalResult:
-    """Evaluate on `split` (default evaluate.split) with `checkpoint` (default evaluate.checkpoint)."""
+             data: str | Path | None = None, data_run: str | Path | None = None, progress: bool = True) -> EvalResult:
+    """Predict `split` clips of the run (default evaluate.split) with `checkpoint` (default evaluate.checkpoint), score
+    them, write metrics.json. With `data` (another clip store) and `data_run` (its QA decisions and neutrals, from
+    `a2m evaluate --data`), every accepted clip of that store is evaluated instead, into data_run/."""
     run_dir = Path(run_dir)
     split, checkpoint = split or cfg.evaluate.split, checkpoint or cfg.evaluate.checkpoint
     device = resolve_device(cfg.evaluate.device)
     checkpoint_path = run_dir / "checkpoints" / f"{checkpoint}.pt"
     model = load_model(checkpoint_path, device)
-    n_vertices = model.cfg.n_vertices
-    splits = pd.read_csv(run_dir / "splits.csv")
-    clips = splits[splits.split == split]
-    if clips.empty:
-        raise RuntimeError(f"no '{split}' clips in {run_dir / 'splits.csv'}; add clips or raise data.test_fraction")
+    splits_path = run_dir / "splits.csv"
+    if not splits_path.exists():
+        raise FileNotFoundError(f"{splits_path} does not exist; run training (notebook 04) first")
+    splits = pd.read_csv(splits_path, keep_default_na=False)
     neutrals = store.load_neutrals(run_dir / "neutral")
-    rows, predictions = [], {}
-    all_pred, all_target, all_neutral = [], [], []
-    for row in tqdm(clips.itertuples(), total=len(clips), desc=f"evaluate {split}", disable=not progress):
-        example = store.load_example(cfg.data.processed, row.clip_id, row.audio_shift_frames, cfg.data.sample_rate,
-                                     n_vertices)
-        neutral_mesh = neutrals[row.speaker][:n_vertices]
-        target, valid = example.mesh, example.valid
-        prediction = neutral_mesh + predict_offsets(model, example.audio, len(target), device)
-        baseline = np.broadcast_to(neutral_mesh, target.shape)
-        target, prediction, baseline = target[valid], prediction[valid], baseline[valid]
-        predictions[row.clip_id] = dict(prediction=prediction, target=target, neutral=np.asarray(neutral_mesh))
-        rows.append(dict(clip_id=row.clip_id, speaker=row.speaker, n_frames=int(valid.sum()),
-                         **{f"model_{k}": f(prediction, target) for k, f in METRICS.items()},
-                         **{f"neutral_{k}": f(baseline, target) for k, f in METRICS.items()}))
-        all_pred.append(prediction)
-        all_target.append(target)
-        all_neutral.append(baseline)
-    pred, target, base = (np.concatenate(x) for x in (all_pred, all_target, all_neutral))
-    per_clip = pd.DataFrame(rows)
-    summary = {
-        "split": split, "n_clips": len(per_clip), "n_frames": int(per_clip.n_frames.sum()),
-        "unit": "mesh units (~cm; outer eye corners 9 units apart)", "checkpoint": str(checkpoint_path),
-        # LVE and MVE over all frames; the mouth correlation per clip, averaged (frames pooled from several
-        # speakers would mix their neutrals)
-        "model": dict(lve=metrics.lip_vertex_error(pred, target), mve=metrics.mean_vertex_error(pred, target),
-                      mouth_corr=float(per_clip.model_mouth_corr.mean())),
-        "baselines": {"neutral": dict(lve=metrics.lip_vertex_error(base, target),
-                                      mve=metrics.mean_vertex_error(base, target),
-                                      mouth_corr=float(per_clip.neutral_mouth_corr.mean()))},
-    }
-    summary["lve_ratio_model_to_neutral"] = summary["model"]["lve"] / max(summary["baselines"]["neutral"]["lve"], 1e-12)
-    files.write_json(run_dir / "metrics.json", dict(summary, per_clip=rows))
-    return EvalResult(summary=summary, per_clip=per_clip, predictions=predictions)
+    training = TrainingFrames(cfg.data.processed, splits[splits.split == "train"], neutrals, model.cfg.n_vertices,
+                              cfg.data.sample_rate, progress)
+    if data is None:
+        processed, out_dir, clips = cfg.data.processed, run_dir, splits[splits.split == split]
+        if clips.empty:
+            raise RuntimeError(f"no '{split}' clips in {splits_path}; add clips or raise data.test_fraction")
+    else:
+        processed, out_dir = Path(data), Path(data_run)
+        clips, split = store.accepted_clips(out_dir), f"all accepted clips of {data}"
+        neutrals = {**neutrals, **store.load_neutrals(out_dir / "neutral")}
+    predictions = out_dir / "predictions"
+    for stale in predictions.glob("*.npz"):
+        stale.unlink()
+    predict_clips(model, clips, processed, neutrals, training, predictions, cfg.data.sample_rate, cfg.seed, progress)
+    summary = score(predictions, split, dict(checkpoint=str(checkpoint_path), encoder=model.describe()["model_config"]["encoder"],
+                                             reference=model.reference))
+    files.write_json(out_dir / "metrics.json", summary)
+    return EvalResult(summary=summary, per_clip=pd.DataFrame(summary["per_clip"]), predictions=predictions)
+
+
+def report(summary: dict) -> str:
+    """The headline, and a loud line for every baseline the model does not beat."""
+    lines = [f"held-out ({summary['split']}, {summary['n_clips']} clips): LVE model {summary['model']['lve']:.4f} | "
+             + " | ".join(f"{name} {summary['baselines'][name]['lve']:.4f}" for name in BASELINES)
+             + f"  ({summary['unit']}); mouth_corr {summary['model']['mouth_corr']:.2f}, "
+             f"motion_ratio {summary['model']['motion_ratio']:.2f}"]
+    lines += [f"WARNING: {failure}" for failure in summary["failures"]]
+    return "\n".join(lines)
+
+
+def load_metrics(run_dir: str | Path) -> dict:
+    return json.loads((Path(run_dir) / "metrics.json").read_text())

@@ -1,9 +1,29 @@
-"""Mesh error metrics, in mesh units (about cm, see a2m_lib.mesh)."""
+"""Mesh error metrics, as the field defines them, in mesh units (about cm, see a2m_lib.mesh).
+
+Every function takes one clip: prediction and truth as absolute meshes (T, V, 3), and for the motion
+metrics the reference mesh (V, 3) the motion is measured from (the speaker's neutral).
+
+    lve          FaceFormer's lip vertex error: per frame, the largest L2 distance over the lip vertices; mean over frames
+    lve_sq       the same with the squared distance, as CodeTalker's cal_metric.py computes it (mesh units²)
+    mve          mean vertex error: L2 distance averaged over all vertices and frames
+    fdd          CodeTalker's upper-face dynamics deviation: per upper-face vertex, the standard deviation over
+                 time of the motion's squared norm, averaged over those vertices; truth minus prediction (mesh units²)
+    fdd_abs      |fdd| per clip
+    mouth_corr   Pearson correlation of the inner-lip gap (landmarks 13-14), prediction against truth; 0 when constant
+    motion_ratio the predicted lip motion's standard deviation over time divided by the truth's: 1 = as much
+                 movement as the person, 0 = the mouth does not move
+
+`summarise` averages per-clip values (frame-weighted for the error metrics, per clip for the rest).
+"""
 from __future__ import annotations
 
 import numpy as np
 
-from .regions import LIPS, mouth_opening
+from .regions import LIPS, UPPER_FACE, mouth_opening
+
+UNITS = {"lve": "mesh units (~cm)", "lve_sq": "mesh units^2", "mve": "mesh units (~cm)", "fdd": "mesh units^2",
+         "fdd_abs": "mesh units^2", "mouth_corr": "Pearson r", "motion_ratio": "ratio"}
+FRAME_WEIGHTED = ("lve", "lve_sq", "mve")
 
 
 def lip_vertex_error(prediction: np.ndarray, target: np.ndarray) -> float:
@@ -12,9 +32,20 @@ def lip_vertex_error(prediction: np.ndarray, target: np.ndarray) -> float:
     return float(per_vertex.max(axis=1).mean())
 
 
+def lip_vertex_error_squared(prediction: np.ndarray, target: np.ndarray) -> float:
+    per_vertex = np.square(prediction[:, LIPS] - target[:, LIPS]).sum(-1)          # (T, lips)
+    return float(per_vertex.max(axis=1).mean())
+
+
 def mean_vertex_error(prediction: np.ndarray, target: np.ndarray) -> float:
     """MVE: L2 error averaged over all vertices and frames."""
     return float(np.linalg.norm(prediction - target, axis=-1).mean())
+
+
+def upper_face_dynamics(meshes: np.ndarray, reference: np.ndarray) -> float:
+    """Mean over upper-face vertices of the std over time of the motion's squared norm (CodeTalker's FDD term)."""
+    motion = np.square(meshes[:, UPPER_FACE] - reference[UPPER_FACE]).sum(-1)      # (T, upper)
+    return float(motion.std(axis=0).mean())
 
 
 def mouth_opening_correlation(prediction: np.ndarray, target: np.ndarray) -> float:
@@ -23,3 +54,36 @@ def mouth_opening_correlation(prediction: np.ndarray, target: np.ndarray) -> flo
     if predicted.std() < 1e-6 or true.std() < 1e-6:  # a constant prediction has no correlation
         return 0.0
     return float(np.corrcoef(predicted, true)[0, 1])
+
+
+def motion_ratio(prediction: np.ndarray, target: np.ndarray) -> float:
+    """sqrt(summed variance over time of the predicted lip vertices / the same for the truth)."""
+    true_var = target[:, LIPS].var(axis=0).sum()
+    return float(np.sqrt(prediction[:, LIPS].var(axis=0).sum() / true_var)) if true_var > 0 else float("nan")
+
+
+def clip_metrics(prediction: np.ndarray, target: np.ndarray, reference: np.ndarray) -> dict:
+    """Every metric for one clip (valid frames only), plus its frame count."""
+    fdd = upper_face_dynamics(target, reference) - upper_face_dynamics(prediction, reference)
+    return dict(n_frames=len(target), lve=lip_vertex_error(prediction, target),
+                lve_sq=lip_vertex_error_squared(prediction, target), mve=mean_vertex_error(prediction, target),
+                fdd=fdd, fdd_abs=abs(fdd), mouth_corr=mouth_opening_correlation(prediction, target),
+                motion_ratio=motion_ratio(prediction, target))
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Per-clip metric dicts -> one: error metrics weighted by frames, the others averaged over clips."""
+    if not rows:
+        return {}
+    weights = np.array([row["n_frames"] for row in rows], float)
+    summary = {"n_clips": len(rows), "n_frames": int(weights.sum())}
+    for key in UNITS:
+        values = np.array([row[key] for row in rows], float)
+        keep = np.isfinite(values)
+        if not keep.any():
+            summary[key] = float("nan")
+        elif key in FRAME_WEIGHTED:
+            summary[key] = float(np.average(values[keep], weights=weights[keep]))
+        else:
+            summary[key] = float(values[keep].mean())
+    return summary

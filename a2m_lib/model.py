@@ -1,10 +1,27 @@
-"""Audio2Mesh, as in AniPortrait: Wav2Vec2 CNN features resampled to the video frame rate, the
-Wav2Vec2 transformer, then a linear in/out head predicting per-frame offsets from the neutral mesh.
+"""Audio2Mesh, laid out as AniPortrait's `Audio2MeshModel`, so that its weights map onto theirs by name:
 
-    model = Audio2Mesh(cfg.model)                 # encoder from cfg.model.encoder (hub id or local dir)
-    offsets = model(audio, n_frames)              # (B, samples) -> (B, n_frames, V, 3)
-    model.save_pretrained("runs/x/model")         # model.safetensors + config.json, loadable without any hub
-    model = load_model("runs/x/model")            # ... or a training checkpoint, runs/x/checkpoints/best.pt
+    audio_encoder   a transformers Wav2Vec2Model (CNN `feature_extractor` frozen), or the mel encoder
+    in_fn           Linear(hidden, latent)
+    out_fn          Linear(latent, V*3), zero-initialised: an untrained model predicts the reference face
+
+Per clip, the encoder's frame-level input ("frame features") is computed once: the Wav2Vec2 CNN output,
+linearly interpolated (align_corners=True) to the clip's video frames, ceil(seconds x fps); or, for the
+mel encoder, librosa log-mel frames interpolated the same way. Sub-clips are slices of those frames, so
+a frozen CNN's (or the mel) output can be cached per clip without changing what the model computes.
+Then, for a padded batch:
+
+    features (B, T, C) -> feature_projection -> Wav2Vec2 transformer (padding masked in attention)
+                       -> last hidden state, or the mean of all hidden states as transformers returns them
+                          (the embedding output included), as AniPortrait averages   (B, T, hidden)
+    -> in_fn (+ speaker vector) (+ reference embedding) -> out_fn                        (B, T, V, 3)
+
+The outputs are offsets from the reference: the speaker's neutral mesh, or, with a dynamic reference
+(train.reference = random_frame), a frame of the speaker that the model also receives.
+
+    model = Audio2Mesh(cfg.model, speakers=["spk0", "spk1"])
+    offsets = model.predict(audio, n_frames, speaker="spk0")   # (samples,) 16 kHz -> (n_frames, V, 3)
+    model.save_pretrained("runs/x/model")                      # model.safetensors + config.json
+    model = load_model("runs/x/model")                         # ... or a checkpoint, runs/x/checkpoints/best.pt
 
 Loading never runs code. A shared model is safetensors weights plus a JSON config; a training
 checkpoint is read with `torch.load(weights_only=True)`, which unpickles only tensors and plain values.
@@ -14,15 +31,16 @@ Anything else is refused with UnsafeModelFileError, naming the file. Outside a2m
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import pickle
 from pathlib import Path
 
+import numpy as np
 import safetensors.torch
 import torch
 import torch.nn.functional as F
 from torch import nn
-import numpy as np
 from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
 from . import files
@@ -30,15 +48,36 @@ from .config import ModelConfig
 
 WEIGHTS_NAME, CONFIG_NAME = "model.safetensors", "config.json"
 MESH_UNITS = "mesh units (~cm): pose-free MediaPipe meshes, outer eye corners 9.0 apart (a2m_lib.mesh)"
+MEL_HOP_SECONDS, MEL_WINDOW_SECONDS = 0.01, 0.025
 
 
 class UnsafeModelFileError(ValueError):
     """A model file that could only be loaded by running code from it (arbitrary unpickling)."""
 
 
+class EncoderLoadError(OSError):
+    """The configured audio encoder cannot be loaded; the message says how to fix it. Never a silent fallback."""
+
+
 def normalise_audio(audio: np.ndarray) -> np.ndarray:
     """Zero mean, unit variance per clip: what Wav2Vec2's feature extractor does before the model."""
     return Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm([audio.astype(np.float32)], attention_mask=None)[0]
+
+
+def interpolate_frames(features: torch.Tensor, n_frames: int) -> torch.Tensor:
+    """(C, T_audio) -> (n_frames, C): linear, align_corners=True, as AniPortrait resamples the CNN output."""
+    return F.interpolate(features[None], size=n_frames, mode="linear", align_corners=True)[0].T
+
+
+def log_mel(audio: np.ndarray, sample_rate: int, n_mels: int, n_frames: int) -> np.ndarray:
+    """(samples,) -> (n_frames, n_mels) float32: log-mel energies every 10 ms (25 ms windows), resampled to the
+    video frames like the CNN output."""
+    import librosa
+
+    power = librosa.feature.melspectrogram(
+        y=audio.astype(np.float32), sr=sample_rate, n_fft=int(MEL_WINDOW_SECONDS * sample_rate),
+        hop_length=int(MEL_HOP_SECONDS * sample_rate), n_mels=n_mels, fmin=40, fmax=sample_rate // 2 - 400)
+    return interpolate_frames(torch.from_numpy(np.log(power + 1e-6).astype(np.float32)), n_frames).numpy()
 
 
 def scratch_encoder_config(cfg: ModelConfig) -> Wav2Vec2Config:
@@ -54,67 +93,198 @@ def scratch_encoder_config(cfg: ModelConfig) -> Wav2Vec2Config:
     )
 
 
-def load_encoder(cfg: ModelConfig) -> Wav2Vec2Model:
+class MelEncoder(nn.Module):
+    """Log-mel frames -> a stack of residual dilated 1-D convolutions over time. Padded frames are zeroed before
+    every convolution, so a clip padded in a batch gives what it gives alone."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.hidden_size = cfg.mel_hidden
+        self.norm_in = nn.LayerNorm(cfg.mel_bands)
+        self.proj = nn.Linear(cfg.mel_bands, cfg.mel_hidden)
+        self.convs = nn.ModuleList(
+            nn.Conv1d(cfg.mel_hidden, cfg.mel_hidden, cfg.mel_kernel, dilation=2 ** i, padding=(cfg.mel_kernel - 1) // 2 * 2 ** i)
+            for i in range(cfg.mel_layers))
+        self.norms = nn.ModuleList(nn.LayerNorm(cfg.mel_hidden) for _ in range(cfg.mel_layers))
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # (B, T, mels), (B, T)
+        keep = mask[..., None].to(features.dtype)
+        hidden = self.proj(self.norm_in(features)) * keep                                   # (B, T, hidden)
+        for conv, norm in zip(self.convs, self.norms):
+            update = conv((hidden * keep).transpose(1, 2)).transpose(1, 2)                  # (B, T, hidden)
+            hidden = hidden + self.dropout(F.gelu(norm(update)))
+        return hidden * keep
+
+
+def build_encoder(cfg: ModelConfig) -> nn.Module:
+    """The audio encoder that cfg.model.encoder names; a pretrained one that cannot be loaded stops the run."""
+    if cfg.encoder == "mel":
+        return MelEncoder(cfg)
     if cfg.encoder == "scratch":
         return Wav2Vec2Model(scratch_encoder_config(cfg))
     try:
-        return Wav2Vec2Model.from_pretrained(cfg.encoder)
+        return Wav2Vec2Model.from_pretrained(cfg.pretrained)
     except OSError as error:
-        raise OSError(
-            f"cannot load the audio encoder '{cfg.encoder}': {error}. Download it once on a machine with "
-            f"network access (save_pretrained) and set model.encoder to that local folder, or use "
-            f"model.encoder=scratch for an untrained small encoder"
-        ) from error
+        raise EncoderLoadError(
+            f"cannot load the audio encoder model.pretrained='{cfg.pretrained}' ({error}). Save it once on a machine "
+            f"with network access (Wav2Vec2Model.from_pretrained('facebook/wav2vec2-base-960h').save_pretrained("
+            f"'models/w2v2')), copy that folder here and set -p model.pretrained=models/w2v2; or train without "
+            f"pretrained weights: -p model.encoder=mel (configs/real.yaml) or -p model.encoder=scratch") from None
 
 
 class Audio2Mesh(nn.Module):
-    def __init__(self, cfg: ModelConfig, encoder: Wav2Vec2Model | None = None):
+    def __init__(self, cfg: ModelConfig, speakers: list[str] | None = None, reference: str = "neutral",
+                 audio_encoder: nn.Module | None = None):
         super().__init__()
-        self.cfg = cfg
-        self.encoder = encoder if encoder is not None else load_encoder(cfg)
-        self.encoder.config.mask_time_prob = 0.0  # SpecAugment off: frames must stay aligned with meshes
-        if cfg.freeze_feature_encoder:
-            self.encoder.freeze_feature_encoder()
-        hidden = self.encoder.config.hidden_size
-        self.in_fn = nn.Linear(hidden, cfg.latent_dim)
-        self.out_fn = nn.Linear(cfg.latent_dim, cfg.n_vertices * 3)
-        # Zero init: an untrained model predicts the neutral face, which is the baseline to beat.
-        nn.init.zeros_(self.out_fn.weight)
+        self.cfg, self.speakers, self.reference = cfg, list(speakers or []), reference
+        self.audio_encoder = audio_encoder if audio_encoder is not None else build_encoder(cfg)
+        if isinstance(self.audio_encoder, Wav2Vec2Model):
+            self.audio_encoder.config.mask_time_prob = 0.0  # SpecAugment off: frames must stay aligned with meshes
+            if cfg.freeze_feature_encoder:
+                self.audio_encoder.freeze_feature_encoder()
+        n_outputs = cfg.n_vertices * 3
+        self.in_fn = nn.Linear(self.hidden_size, cfg.latent_dim)
+        self.speaker_embedding = nn.Embedding(len(self.speakers), cfg.latent_dim) if cfg.speaker_embedding else None
+        if self.speaker_embedding is not None:
+            if not self.speakers:
+                raise ValueError("model.speaker_embedding needs the list of training speakers")
+            nn.init.normal_(self.speaker_embedding.weight, std=0.02)
+        # the dynamic reference enters as a linear embedding of its (V*3) offsets from the speaker's mean face
+        self.reference_fn = nn.Linear(n_outputs, cfg.latent_dim) if reference != "neutral" else None
+        self.out_fn = nn.Linear(cfg.latent_dim, n_outputs)
+        nn.init.zeros_(self.out_fn.weight)  # an untrained model predicts the reference: the baseline to beat
         nn.init.zeros_(self.out_fn.bias)
 
-    def encode(self, audio: torch.Tensor, n_frames: int) -> torch.Tensor:
-        features = self.encoder.feature_extractor(audio)                 # (B, C, T_audio) at ~50 Hz
-        features = F.interpolate(features, size=n_frames, mode="linear", align_corners=True)  # (B, C, T)
-        hidden, _ = self.encoder.feature_projection(features.transpose(1, 2))  # (B, T, hidden)
+    # ------------------------------------------------------------------ what the encoder sees
+    @property
+    def hidden_size(self) -> int:
+        return self.audio_encoder.hidden_size if isinstance(self.audio_encoder, MelEncoder) \
+            else self.audio_encoder.config.hidden_size
+
+    @property
+    def frozen_features(self) -> bool:
+        """Frame features that no training changes (mel, or a frozen CNN): computed once per clip and cached."""
+        return self.cfg.encoder == "mel" or self.cfg.freeze_feature_encoder
+
+    def features_id(self) -> str:
+        """Names what frame_features computes (the weights of a frozen CNN, or the mel settings): the cache key."""
+        if self.cfg.encoder == "mel":
+            text = f"mel:{self.cfg.mel_bands}:{MEL_HOP_SECONDS}:{MEL_WINDOW_SECONDS}"
+        else:
+            digest = hashlib.sha256()
+            for name, tensor in sorted(self.audio_encoder.feature_extractor.state_dict().items()):
+                digest.update(name.encode())
+                digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+            text = f"cnn:{digest.hexdigest()}"
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def frame_features(self, audio: torch.Tensor, n_frames: int, sample_rate: int = 16000) -> torch.Tensor:
+        """One clip's normalised audio (samples,) -> its encoder input at the video frame rate, (n_frames, C)."""
+        if self.cfg.encoder == "mel":
+            return torch.from_numpy(log_mel(audio.detach().cpu().numpy(), sample_rate, self.cfg.mel_bands, n_frames)).to(audio.device)
+        cnn = self.audio_encoder.feature_extractor(audio[None])[0]                        # (C, T_audio) at ~50 Hz
+        return interpolate_frames(cnn, n_frames)                                           # (n_frames, C)
+
+    # ------------------------------------------------------------------ the network
+    def forward(self, features: torch.Tensor, mask: torch.Tensor, speaker_ids: torch.Tensor | None = None,
+                reference: torch.Tensor | None = None) -> torch.Tensor:
+        """features (B, T, C) padded, mask (B, T) True on real frames -> offsets (B, T, V, 3)."""
+        if isinstance(self.audio_encoder, MelEncoder):
+            hidden = self.audio_encoder(features, mask)                                    # (B, T, hidden)
+        else:
+            hidden = self._transformer(features, mask)                                     # (B, T, hidden)
+        latent = self.in_fn(hidden)                                                        # (B, T, latent)
+        if self.speaker_embedding is not None:
+            latent = latent + self.speaker_embedding(speaker_ids)[:, None]
+        if self.reference_fn is not None:
+            latent = latent + self.reference_fn(reference.flatten(1))[:, None]
+        return self.out_fn(latent).view(*features.shape[:2], self.cfg.n_vertices, 3)       # (B, T, V, 3)
+
+    def _transformer(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        hidden, _ = self.audio_encoder.feature_projection(features)                       # (B, T, hidden)
+        encoder = self.audio_encoder.encoder
         if self.cfg.only_last_features:
-            return self.encoder.encoder(hidden).last_hidden_state          # (B, T, hidden)
-        # transformers 5 records per-layer outputs only at the top-level model, so collect them with hooks.
-        layer_outputs = []
-        hooks = [layer.register_forward_hook(lambda _m, _i, out: layer_outputs.append(out[0] if isinstance(out, tuple) else out))
-                 for layer in self.encoder.encoder.layers]
+            return encoder(hidden, attention_mask=mask).last_hidden_state
+        # transformers records hidden states only at the top-level model, whose CNN output we must resample
+        # first: collect what it would return (the first layer's input, then every layer's output) with hooks.
+        states: list[torch.Tensor] = []
+        hooks = [encoder.layers[0].register_forward_pre_hook(lambda _m, args, *_: states.append(args[0]))]
+        hooks += [layer.register_forward_hook(lambda _m, _i, out: states.append(out[0] if isinstance(out, tuple) else out))
+                  for layer in encoder.layers]
         try:
-            self.encoder.encoder(hidden)
+            encoder(hidden, attention_mask=mask)
         finally:
             for hook in hooks:
                 hook.remove()
-        return torch.stack(layer_outputs).mean(0)                          # (B, T, hidden), mean over layers
+        return torch.stack(states).mean(0)                                                 # (B, T, hidden)
 
-    def forward(self, audio: torch.Tensor, n_frames: int) -> torch.Tensor:  # audio: (B, samples) at 16 kHz
-        hidden = self.encode(audio, n_frames)                              # (B, T, hidden)
-        offsets = self.out_fn(self.in_fn(hidden))                          # (B, T, V*3)
-        return offsets.view(audio.shape[0], n_frames, self.cfg.n_vertices, 3)
+    # ------------------------------------------------------------------ inference
+    def speaker_index(self, speaker: str | None) -> int:
+        if self.speaker_embedding is None:
+            return 0
+        if speaker not in self.speakers:
+            raise ValueError(f"unknown speaker {speaker!r}; this model knows {', '.join(self.speakers)} (--speaker)")
+        return self.speakers.index(speaker)
 
+    @torch.no_grad()
+    def predict(self, audio: np.ndarray, n_frames: int, speaker: str | None = None, reference: np.ndarray | None = None,
+                sample_rate: int = 16000, fps: float = 30.0, window_seconds: float = 20.0,
+                overlap_seconds: float = 4.0) -> np.ndarray:
+        """Raw audio (samples,) -> offsets (n_frames, V, 3): the one inference path (evaluation, a2m predict).
+
+        Audio longer than `window_seconds` is processed in windows that overlap by `overlap_seconds`, blended with
+        linear cross-fades over the overlap, so memory stays flat over minutes of audio. Audio normalisation uses
+        the whole input, so a window sees what a single pass would. `reference`: for a dynamic-reference model,
+        the (V, 3) reference frame's offsets from the speaker's neutral (zeros: the neutral itself).
+        """
+        device = next(self.parameters()).device
+        normalised = normalise_audio(audio)
+        speaker_ids = torch.tensor([self.speaker_index(speaker)], device=device)
+        ref = None
+        if self.reference_fn is not None:
+            ref = torch.zeros(1, self.cfg.n_vertices, 3, device=device) if reference is None else \
+                torch.as_tensor(np.asarray(reference, np.float32), device=device)[None]
+        window, overlap = int(round(window_seconds * fps)), int(round(overlap_seconds * fps))
+        spf = sample_rate / fps
+        output = np.zeros((n_frames, self.cfg.n_vertices, 3), np.float32)
+        weight = np.zeros(n_frames, np.float32)
+        starts = [0] if n_frames <= window else list(range(0, n_frames - overlap, window - overlap))
+        for start in starts:
+            end = min(start + window, n_frames)
+            first, last = int(round(start * spf)), int(round(end * spf))
+            piece = np.zeros(max(last - first, 400), np.float32)  # audio may end early; the CNN needs 400 samples
+            available = normalised[first:last]
+            piece[: len(available)] = available
+            piece = torch.from_numpy(piece).to(device)
+            features = self.frame_features(piece, end - start, sample_rate)[None]                      # (1, T, C)
+            mask = torch.ones(1, end - start, dtype=torch.bool, device=device)
+            offsets = self(features, mask, speaker_ids, ref)[0].float().cpu().numpy()                 # (T, V, 3)
+            ramp = np.ones(end - start, np.float32)
+            if start > 0:
+                ramp[:overlap] = np.linspace(0, 1, overlap + 2)[1:-1]
+            if end < n_frames:
+                ramp[-overlap:] = np.minimum(ramp[-overlap:], np.linspace(1, 0, overlap + 2)[1:-1])
+            output[start:end] += offsets * ramp[:, None, None]
+            weight[start:end] += ramp
+        return output / weight[:, None, None]
+
+    # ------------------------------------------------------------------ saving and loading
     def describe(self) -> dict:
         """The JSON config saved beside the weights: enough to rebuild this model offline."""
-        return dict(format="a2m-audio2mesh", model_config=dataclasses.asdict(self.cfg),
-                    encoder_config=self.encoder.config.to_dict(), outputs="offsets from the neutral mesh, (T, V, 3)",
+        encoder_config = {} if isinstance(self.audio_encoder, MelEncoder) else self.audio_encoder.config.to_dict()
+        return dict(format="a2m-audio2mesh", model_config=dataclasses.asdict(self.cfg), encoder_config=encoder_config,
+                    speakers=self.speakers, reference=self.reference,
+                    outputs="offsets from the reference mesh (the speaker's neutral, or the given frame), (T, V, 3)",
                     units=MESH_UNITS)
 
     @classmethod
     def from_state(cls, description: dict, weights: dict[str, torch.Tensor]) -> "Audio2Mesh":
         """Rebuild from describe() and a state dict: the one constructor behind every loader."""
-        encoder = Wav2Vec2Model(Wav2Vec2Config.from_dict(description["encoder_config"]))
-        model = cls(ModelConfig(**description["model_config"]), encoder=encoder)
+        cfg = ModelConfig(**description["model_config"])
+        encoder = MelEncoder(cfg) if cfg.encoder == "mel" else \
+            Wav2Vec2Model(Wav2Vec2Config.from_dict(description["encoder_config"]))
+        model = cls(cfg, description.get("speakers"), description.get("reference", "neutral"), audio_encoder=encoder)
         model.load_state_dict(weights)
         return model
 
@@ -169,5 +339,6 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device={name} but CUDA is not available here; use train.device=auto or cpu")
+        raise RuntimeError(f"device={name} but CUDA is not available here; use device=auto or cpu "
+                           f"(train.device / evaluate.device)")
     return torch.device(name)

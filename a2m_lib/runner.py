@@ -133,6 +133,9 @@ def run(config_path: str | Path, run_dir: str | Path | None = None, overrides=No
         choice = run_dir / "neutral" / "choice.json"
         if choice.exists():  # which neutral each speaker got, and who chose it
             record["neutral"] = json.loads(choice.read_text())
+        summary = run_dir / "train_summary.json"
+        if summary.exists():  # best epoch, encoder, and the collapse warning if any
+            record["training"] = json.loads(summary.read_text())
         files.write_json(record_path, record)
     record.update(status="ok", ended=_now())
     files.write_json(record_path, record)

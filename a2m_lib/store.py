@@ -63,14 +63,14 @@ def save_clip(processed: str | Path, clip_id: str, arrays: dict, row: dict) -> P
     return path
 
 
-def load_clip(processed: str | Path, clip_id: str) -> dict:
-    """One clip of the store as a dict of arrays (keys: CLIP_KEYS), `meta` parsed."""
+def load_clip(processed: str | Path, clip_id: str, keys: tuple[str, ...] | None = None) -> dict:
+    """One clip of the store as a dict of arrays (keys: CLIP_KEYS, or only `keys`), `meta` parsed."""
     path = clip_path(processed, clip_id)
     if not path.exists():
         raise FileNotFoundError(f"clip {path} does not exist; re-run extraction (notebook 01) for {processed}")
     try:
-        with np.load(path) as data:
-            clip = {key: data[key] for key in data.files}
+        with np.load(path) as data:  # members are read only when asked for
+            clip = {key: data[key] for key in data.files if keys is None or key in keys or key == "meta"}
         clip["meta"] = json.loads(str(clip["meta"]))
     except Exception as error:  # noqa: BLE001 - any unreadable file gets the same advice
         raise ValueError(f"clip file {path} is unreadable ({type(error).__name__}: {error}); delete it and "
@@ -157,13 +157,14 @@ class Example:
 
 
 def load_example(processed: str | Path, clip_id: str, audio_shift_frames: int = 0, sample_rate: int = 16000,
-                 n_vertices: int | None = None) -> Example:
-    """Clip `clip_id` with its audio moved `audio_shift_frames` frames earlier (the run's qa.csv column)."""
-    clip = load_clip(processed, clip_id)
+                 n_vertices: int | None = None, audio: bool = True) -> Example:
+    """Clip `clip_id` with its audio moved `audio_shift_frames` frames earlier (the run's qa.csv column).
+    `audio=False` skips reading the audio (Example.audio is then empty)."""
+    clip = load_clip(processed, clip_id, keys=("mesh", "audio") if audio else ("mesh",))
     meta = clip["meta"]
     fps = float(meta["fps"])
     mesh = clip["mesh"][:, :n_vertices] if n_vertices else clip["mesh"]
-    audio = shift_audio(clip["audio"], int(audio_shift_frames), sample_rate / fps)
+    audio = shift_audio(clip["audio"], int(audio_shift_frames), sample_rate / fps) if audio else np.zeros(0, np.float32)
     return Example(clip_id=clip_id, speaker=str(meta["speaker"]), language=str(meta.get("language") or ""), fps=fps,
                    sample_rate=sample_rate, audio=audio, mesh=mesh, valid=np.isfinite(mesh).all(axis=(1, 2)))
 

@@ -1,31 +1,60 @@
-"""Stage 04: train Audio2Mesh on `mesh - neutral` offsets with an L1 loss.
+"""Stage 04: train Audio2Mesh on offsets from the reference with an L1 loss (AniPortrait's recipe, plus options).
 
-    result = train.train(cfg, run_dir)   # resumes from run_dir/checkpoints/last.pt if present
+    result = train.train(cfg, run_dir)              # in process, one device
+    torchrun --nproc_per_node 2 -m a2m_lib.cli train --config C --run-dir R   # DDP; `accelerate launch` works too
 
 Reads the run's accepted clips (run_dir/qa.csv) and neutrals (run_dir/neutral/). Writes, in run_dir:
-    splits.csv                 clip_id, speaker, split (train | val | test), audio_shift_frames
-    checkpoints/last.pt        after every epoch (atomic): model, optimiser, epoch, history, config;
-                               plain tensors and values only, read back with torch.load(weights_only=True)
-    checkpoints/best.pt        the epoch with the lowest validation loss
-    train_log.csv              epoch, train_loss, val_loss, seconds
+    splits.csv                 clip_id, speaker, language, split (train | val | test), audio_shift_frames; written
+                               once per run and kept in every checkpoint
+    checkpoints/last.pt        every train.checkpoint_every steps and after every epoch (atomic): model, optimiser,
+                               scheduler, RNG states, epoch and step, the config, the split, `finished`
+    checkpoints/best.pt        the epoch with the lowest validation loss (what evaluation reads by default)
+    train_log.csv              per epoch: train/val loss (per speaker and language too), motion ratio, lr, seconds
+    tensorboard/               the same curves as TensorBoard event files
+    train_summary.json         best epoch, device, seconds, the collapse warning if any
+
+Resume is explicit: with train.resume (the default) an interrupted run continues where its last checkpoint
+left it, mid-epoch included, and reaches the weights an uninterrupted run reaches. A run whose training
+or model config, or split, changed refuses to resume and says what changed. A finished run is trained
+again from scratch (its old checkpoints are removed first). Losses that become NaN or inf stop the run; the
+last good checkpoint stays, and no checkpoint with non-finite weights is ever written.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
+import os
 import random
+import subprocess
+import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+import torch.distributed as torch_dist
 from tqdm.auto import tqdm
 
-from . import files, store
+from . import files, regions, store
 from .config import Config
-from .dataset import ClipDataset, collate, split_clips
+from .dataset import ClipDataset, EpochBatches, FeatureCache, collate, split_clips
 from .model import Audio2Mesh, load_checkpoint, resolve_device
+
+# Training keys that change only speed or bookkeeping, not the weights: a resumed run may differ in these.
+RESUMABLE_CHANGES = {"device", "num_workers", "num_threads", "processes", "resume", "validate_every",
+                     "checkpoint_every", "compile", "collapse_ratio"}
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or inf."""
+
+
+class ResumeRefused(RuntimeError):
+    """The run's last checkpoint cannot be continued with this config; the message says what changed."""
 
 
 @dataclass
@@ -35,6 +64,44 @@ class TrainResult:
     best_val_loss: float
     device: str
     seconds: float
+    motion_ratio: float = float("nan")  # predicted / true motion std on validation, last epoch
+    collapsed: bool = False  # motion_ratio below train.collapse_ratio
+    warning: str = ""
+
+
+@dataclass
+class Processes:
+    """This process's place among the training processes (one, or several under torchrun / accelerate)."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def sum(self, values: list[float]) -> list[float]:
+        if self.world_size == 1:
+            return values
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
+        torch_dist.all_reduce(tensor)
+        return tensor.tolist()
+
+
+def start_processes(device_name: str) -> Processes:
+    """Join the process group when launched by torchrun or accelerate (WORLD_SIZE > 1): gloo on CPU, NCCL on CUDA."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return Processes(device=resolve_device(device_name))
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_name)
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not torch_dist.is_initialized():
+        torch_dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Processes(rank=rank, world_size=world_size, device=device)
 
 
 def seed_everything(seed: int) -> None:
@@ -43,101 +110,337 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# ----------------------------------------------------------------------------------- losses
+
+def loss_sums(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, silent: torch.Tensor) -> dict:
+    """Summed absolute errors and their counts, (B, T, V, 3) with masks (B, T); divided by counts summed over
+    all processes, they give the same loss as one process would on the whole batch."""
+    error = (prediction - target).abs().sum(-1)                                        # (B, T, V)
+    frames = mask.to(prediction.dtype)
+    pairs = (mask[:, 1:] & mask[:, :-1]).to(prediction.dtype)                          # (B, T-1)
+    velocity = ((prediction[:, 1:] - prediction[:, :-1]) - (target[:, 1:] - target[:, :-1])).abs().sum(-1)
+    still = (pairs * silent[:, 1:].to(prediction.dtype))
+    motion = (prediction[:, 1:] - prediction[:, :-1]).abs().sum(-1)                    # (B, T-1, V)
+    n_vertices = prediction.shape[2]
+    lips = error[:, :, regions.LIPS] if n_vertices >= regions.N_LANDMARKS else error[:, :, :0]
+    return dict(
+        l1=((error * frames[..., None]).sum(), frames.sum() * n_vertices * 3),
+        velocity=((velocity * pairs[..., None]).sum(), pairs.sum() * n_vertices * 3),
+        lip=((lips * frames[..., None]).sum(), frames.sum() * lips.shape[2] * 3),
+        silence=((motion * still[..., None]).sum(), still.sum() * n_vertices * 3),
+    )
+
+
 def masked_l1(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean |prediction - target| over valid frames: (B, T, V, 3) with mask (B, T)."""
-    weight = mask[..., None, None].to(prediction.dtype)
-    return ((prediction - target).abs() * weight).sum() / (weight.sum() * target.shape[2] * target.shape[3]).clamp(min=1)
+    total, count = loss_sums(prediction, target, mask, torch.zeros_like(mask))["l1"]
+    return total / count.clamp(min=1)
 
 
-def save_checkpoint(path: Path, model: Audio2Mesh, optimiser, epoch: int, history: list, best: tuple, cfg: Config) -> None:
-    """Model (as model.load_model reads it), optimiser and progress, as tensors and plain values only."""
+def total_loss(sums: dict, counts: list[float], cfg) -> torch.Tensor:
+    """L1 plus the weighted optional terms, each normalised by its count over all processes."""
+    weights = dict(l1=1.0, velocity=cfg.velocity_weight, lip=cfg.lip_weight, silence=cfg.silence_weight)
+    loss = 0.0
+    for (name, (total, _)), count in zip(sums.items(), counts):
+        if weights[name] and count > 0:
+            loss = loss + weights[name] * total / count
+    return loss
+
+
+# ----------------------------------------------------------------------------------- pieces of the loop
+
+def batch_features(model: Audio2Mesh, batch: dict, device, augment: torch.Generator | None = None) -> torch.Tensor:
+    """The batch's frame features (B, T, C): cached ones, or computed now on each whole clip and sliced."""
+    if "features" in batch:
+        features = batch["features"].to(device, non_blocking=True)
+    else:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not model.frozen_features):
+            pieces = [model.frame_features(audio.to(device), n_frames)[start: start + length]
+                      for audio, start, n_frames, length in zip(batch["audio"], batch["starts"], batch["clip_frames"],
+                                                                batch["lengths"])]
+        features = torch.nn.utils.rnn.pad_sequence(pieces, batch_first=True)
+    if augment is not None:  # log-mel: a random gain per clip, noise, and a masked band (SpecAugment-like)
+        shape = features.shape
+        features = features + torch.empty(shape[0], 1, 1).uniform_(-1.5, 1.5, generator=augment).to(device)
+        features = features + 0.3 * torch.randn(shape, generator=augment).to(device)
+        band = int(torch.randint(0, max(1, shape[2] - 8), (1,), generator=augment))
+        features[:, :, band: band + 8] = features.mean()
+    return features
+
+
+def make_scheduler(optimiser, cfg, total_steps: int):
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.lr_schedule == "cosine":
+            progress = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps)
+            return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        return 1.0
+    return torch.optim.lr_scheduler.LambdaLR(optimiser, factor)
+
+
+def rng_states() -> dict:
+    states = dict(python=random.getstate(), torch=torch.get_rng_state())
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    random.setstate(states["python"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def save_checkpoint(path: Path, model: Audio2Mesh, optimiser, scheduler, progress: dict, history: list, cfg: Config,
+                    split: list) -> None:
+    """Model (as model.load_model reads it), optimiser, scheduler, RNG and progress: tensors and plain values only.
+    Refuses to write non-finite weights, so the last good checkpoint survives a diverging run."""
+    state = model.state_dict()
+    if not all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point()):
+        raise TrainingDiverged(f"the weights are no longer finite; {path} keeps the last good state")
     with files.atomic_path(path) as tmp:
-        torch.save(dict(model.describe(), model=model.state_dict(), optimiser=optimiser.state_dict(), epoch=epoch,
-                        history=history, best=list(best), config=cfg.to_dict()), tmp)
+        torch.save(dict(model.describe(), model=state, optimiser=optimiser.state_dict(), scheduler=scheduler.state_dict(),
+                        rng=rng_states(), history=history, config=cfg.to_dict(), split=split, **progress), tmp)
+
+
+def _resume_problem(saved: dict, cfg: Config, split: list) -> str:
+    """Why the checkpoint `saved` cannot be continued with `cfg` and `split` ('' if it can)."""
+    before, now = saved["config"], cfg.to_dict()
+    changed = [f"model.{k}" for k in now["model"] if before["model"].get(k) != now["model"][k]]
+    changed += [f"train.{k}" for k in now["train"] if k not in RESUMABLE_CHANGES and before["train"].get(k) != now["train"][k]]
+    changed += [f"data.{k}" for k in ("processed", "fps", "sample_rate") if before["data"].get(k) != now["data"][k]]
+    changed += ["seed"] if before["seed"] != now["seed"] else []
+    details = ", ".join(f"{key} ({_lookup(before, key)!r} -> {_lookup(now, key)!r})" for key in changed)
+    if not details and saved["split"] != split:
+        details = "the split (the run's accepted clips changed: qa.csv or data.* differ)"
+    return details
+
+
+def _lookup(tree: dict, dotted: str):
+    for part in dotted.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
 
 
 @torch.no_grad()
-def validation_loss(model: Audio2Mesh, loader, device) -> float:
+def validate(model: Audio2Mesh, dataset: ClipDataset, languages: dict, device, batch_size: int) -> dict:
+    """Validation L1 overall, per speaker and per language, and the motion ratio (predicted / true std over time)."""
     model.eval()
-    total, count = 0.0, 0
-    for batch in loader:
-        prediction = model(batch["audio"].to(device), batch["n_frames"])
-        total += masked_l1(prediction, batch["offsets"].to(device), batch["mask"].to(device)).item() * len(batch["clip_ids"])
-        count += len(batch["clip_ids"])
+    sums: dict[str, list[float]] = {}
+    predicted_var = true_var = 0.0
+    for first in range(0, len(dataset), batch_size):
+        batch = collate([dataset[i] for i in range(first, min(first + batch_size, len(dataset)))])
+        features = batch_features(model, batch, device)
+        prediction = model(features, batch["mask"].to(device), batch["speaker_ids"].to(device), batch["reference"].to(device)).float()
+        target, mask = batch["offsets"].to(device), batch["mask"].to(device)
+        for i, clip_id in enumerate(batch["clip_ids"]):
+            valid = mask[i]
+            error = float((prediction[i][valid] - target[i][valid]).abs().sum())
+            count = float(valid.sum()) * target.shape[2] * 3
+            speaker = dataset.rows[first + i][1]
+            for key in ("all", f"speaker={speaker}", f"language={languages.get(clip_id) or 'unknown'}"):
+                sums.setdefault(key, [0.0, 0.0])
+                sums[key][0] += error
+                sums[key][1] += count
+            if valid.sum() > 1:
+                predicted_var += float(prediction[i][valid].var(0).sum())
+                true_var += float(target[i][valid].var(0).sum())
     model.train()
-    return total / max(count, 1)
+    result = {("val_loss" if key == "all" else f"val_loss[{key}]"): total / max(count, 1) for key, (total, count) in sums.items()}
+    result["val_motion_ratio"] = math.sqrt(predicted_var / true_var) if true_var > 0 else float("nan")
+    return result
 
+
+def _autocast(device: torch.device, precision: str):
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+
+# ----------------------------------------------------------------------------------- the loop
 
 def train(cfg: Config, run_dir: str | Path, progress: bool = True) -> TrainResult:
     run_dir = Path(run_dir)
+    tcfg = cfg.train
+    procs = start_processes(tcfg.device)
+    device = procs.device
     checkpoints = run_dir / "checkpoints"
     checkpoints.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
-    if cfg.train.num_threads:
-        torch.set_num_threads(cfg.train.num_threads)
-    device = resolve_device(cfg.train.device)
+    if tcfg.num_threads:
+        torch.set_num_threads(tcfg.num_threads)
 
     accepted = store.accepted_clips(run_dir)
     if accepted.empty:
         raise RuntimeError(f"no clips passed QA in {store.qa_table_path(run_dir)}; see its reason column")
-    splits = split_clips(accepted, cfg.data.val_fraction, cfg.data.test_fraction, cfg.seed)
-    with files.atomic_path(run_dir / "splits.csv") as tmp:
-        splits[["clip_id", "speaker", "split", "audio_shift_frames"]].to_csv(tmp, index=False)
+    splits = split_clips(accepted, cfg.data.val_fraction, cfg.data.test_fraction, cfg.seed, cfg.data.split_by)
+    split_columns = [c for c in ("clip_id", "speaker", "language", "split", "audio_shift_frames") if c in splits]
+    split = splits[split_columns].astype(str).values.tolist()
     neutrals = store.load_neutrals(run_dir / "neutral")
-    train_set = ClipDataset(cfg.data.processed, splits[splits.split == "train"], neutrals, cfg.model.n_vertices,
-                            cfg.data.sample_rate, cfg.train.whole_clip_fraction, cfg.train.min_subclip_frames, cfg.seed)
-    val_set = ClipDataset(cfg.data.processed, splits[splits.split == "val"], neutrals, cfg.model.n_vertices,
-                          cfg.data.sample_rate)
-    if len(train_set) == 0:
+    train_clips, val_clips = splits[splits.split == "train"], splits[splits.split == "val"]
+    if train_clips.empty:
         raise RuntimeError("the training split is empty; add clips or lower data.val_fraction / data.test_fraction")
-    generator = torch.Generator().manual_seed(cfg.seed)
-    train_loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.train.batch_size, shuffle=True,
-                                               collate_fn=collate, generator=generator)
-    val_loader = torch.utils.data.DataLoader(val_set, batch_size=cfg.train.batch_size, collate_fn=collate)
+    speakers = sorted(train_clips.speaker.unique())
+    languages = dict(zip(splits.clip_id, splits.language)) if "language" in splits else {}
 
-    model = Audio2Mesh(cfg.model).to(device)
-    optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr,
-                                  weight_decay=cfg.train.weight_decay)
+    # Resume, start afresh, or refuse: decided before anything is written.
+    last_path, best_path = checkpoints / "last.pt", checkpoints / "best.pt"
+    saved = load_checkpoint(last_path, map_location="cpu") if last_path.exists() else None
+    if saved is not None and (saved.get("finished") or not tcfg.resume):
+        if procs.main:
+            print(f"{last_path} is from a {'finished' if saved.get('finished') else 'previous'} run; training afresh")
+            last_path.unlink(missing_ok=True)
+            best_path.unlink(missing_ok=True)
+        saved = None
+    if saved is not None and (problem := _resume_problem(saved, cfg, split)):
+        raise ResumeRefused(f"{last_path} cannot be continued: changed since it was written: {problem}. To train "
+                            f"afresh in this run use -p train.resume=false, or give another --run-dir")
+    if procs.main:
+        with files.atomic_path(run_dir / "splits.csv") as tmp:
+            splits[split_columns].to_csv(tmp, index=False)
+
+    model = Audio2Mesh(cfg.model, speakers, tcfg.reference).to(device)
+    cache = FeatureCache(cfg.data.processed, model, cfg.data.sample_rate) if model.frozen_features and tcfg.cache_features else None
+    common = dict(processed=cfg.data.processed, neutrals=neutrals, n_vertices=cfg.model.n_vertices,
+                  sample_rate=cfg.data.sample_rate, speakers=speakers, seed=cfg.seed, features=cache, reference=tcfg.reference)
+    train_set = ClipDataset(clips=train_clips, whole_clip_fraction=tcfg.whole_clip_fraction,
+                            min_subclip_frames=tcfg.min_subclip_frames, **common)
+    val_set = ClipDataset(clips=val_clips, **common)
+    optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tcfg.lr,
+                                  weight_decay=tcfg.weight_decay)
+    steps_per_epoch = EpochBatches.count(len(train_set), tcfg.batch_size)
+    scheduler = make_scheduler(optimiser, tcfg, steps_per_epoch * tcfg.epochs)
     history: list[dict] = []
-    best = (float("inf"), -1)  # (val loss, epoch)
-    start_epoch = 0
-    last_path = checkpoints / "last.pt"
-    if last_path.exists():  # resume after a crash or an interrupted run
-        state = load_checkpoint(last_path, map_location=device)
-        if state["model_config"] == dataclasses.asdict(cfg.model):
-            model.load_state_dict(state["model"])
-            optimiser.load_state_dict(state["optimiser"])
-            history, best, start_epoch = state["history"], tuple(state["best"]), state["epoch"] + 1
-            print(f"resuming from {last_path} at epoch {start_epoch}")
-        else:
-            print(f"{last_path} was trained with another model config; starting afresh")
+    best = [float("inf"), -1]  # (val loss, epoch)
+    epoch, step_in_epoch, resumed_losses = 0, 0, []
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimiser.load_state_dict(saved["optimiser"])
+        scheduler.load_state_dict(saved["scheduler"])
+        set_rng_states(saved["rng"])
+        history, best, epoch, step_in_epoch = saved["history"], list(saved["best"]), saved["epoch"], saved["step_in_epoch"]
+        resumed_losses = list(saved.get("epoch_losses", []))
+        if procs.main:
+            print(f"resuming from {last_path} at epoch {epoch}, step {step_in_epoch} of {steps_per_epoch}")
+    network = model
+    if tcfg.compile:
+        network = torch.compile(model)
+    if procs.world_size > 1:
+        network = torch.nn.parallel.DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None)
 
+    writer = None
+    if procs.main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(run_dir / "tensorboard"))
     started = time.time()
-    bar = tqdm(range(start_epoch, cfg.train.epochs), desc="train", disable=not progress,
-               initial=start_epoch, total=cfg.train.epochs)
-    for epoch in bar:
-        epoch_start = time.time()
-        train_set.set_epoch(epoch)
-        losses = []
-        for batch in train_loader:
-            prediction = model(batch["audio"].to(device), batch["n_frames"])
-            loss = masked_l1(prediction, batch["offsets"].to(device), batch["mask"].to(device))
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            losses.append(loss.item())
-        row = dict(epoch=epoch, train_loss=float(np.mean(losses)), val_loss=float("nan"))
-        if len(val_set) and (epoch % cfg.train.validate_every == 0 or epoch == cfg.train.epochs - 1):
-            row["val_loss"] = validation_loss(model, val_loader, device)
-        row["seconds"] = time.time() - epoch_start
-        history.append(row)
-        monitored = row["val_loss"] if len(val_set) else row["train_loss"]
-        if np.isfinite(monitored) and monitored < best[0]:
-            best = (monitored, epoch)
-            save_checkpoint(checkpoints / "best.pt", model, optimiser, epoch, history, best, cfg)
-        save_checkpoint(last_path, model, optimiser, epoch, history, best, cfg)
-        with files.atomic_path(run_dir / "train_log.csv") as tmp:
-            pd.DataFrame(history).to_csv(tmp, index=False)
-        bar.set_postfix(train=f"{row['train_loss']:.4f}", val=f"{row['val_loss']:.4f}")
-    return TrainResult(history=pd.DataFrame(history), best_epoch=best[1], best_val_loss=best[0],
-                       device=str(device), seconds=time.time() - started)
+    bar = tqdm(total=steps_per_epoch * tcfg.epochs, initial=epoch * steps_per_epoch + step_in_epoch, desc="train",
+               disable=not (progress and procs.main))
+    try:
+        while epoch < tcfg.epochs:
+            epoch_start = time.time()
+            losses, resumed_losses = (resumed_losses, []) if resumed_losses else ([], [])
+            train_set.set_epoch(epoch)
+            batches = EpochBatches(len(train_set), tcfg.batch_size, cfg.seed, epoch, skip=step_in_epoch,
+                                   rank=procs.rank, world_size=procs.world_size)
+            loader = torch.utils.data.DataLoader(train_set, batch_sampler=batches, collate_fn=collate,
+                                                 num_workers=tcfg.num_workers, pin_memory=device.type == "cuda")
+            for batch in loader:
+                augment = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 10_007 + step_in_epoch) \
+                    if tcfg.augment else None
+                features = batch_features(model, batch, device, augment)
+                target, mask = batch["offsets"].to(device), batch["mask"].to(device)
+                with _autocast(device, tcfg.precision):
+                    prediction = network(features, mask, batch["speaker_ids"].to(device), batch["reference"].to(device))
+                sums = loss_sums(prediction.float(), target, mask, batch["silent"].to(device))
+                counts = procs.sum([float(count) for _, count in sums.values()])
+                loss = total_loss(sums, counts, tcfg)
+                reported = procs.sum([float(loss.detach())])[0]
+                if not math.isfinite(reported):
+                    raise TrainingDiverged(
+                        f"the training loss became {reported} at epoch {epoch}, step {step_in_epoch}; {last_path} keeps the "
+                        f"last good state. Lower train.lr (now {tcfg.lr}), or check the clips of this batch: "
+                        f"{', '.join(batch['clip_ids'])}")
+                optimiser.zero_grad(set_to_none=True)
+                (loss * procs.world_size).backward()  # DDP averages gradients over processes; the loss is already global
+                optimiser.step()
+                scheduler.step()
+                losses.append(reported)
+                step_in_epoch += 1
+                bar.update()
+                bar.set_postfix(loss=f"{reported:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+                global_step = epoch * steps_per_epoch + step_in_epoch
+                if tcfg.checkpoint_every and global_step % tcfg.checkpoint_every == 0 and step_in_epoch < steps_per_epoch \
+                        and procs.main:
+                    save_checkpoint(last_path, model, optimiser, scheduler, dict(
+                        epoch=epoch, step_in_epoch=step_in_epoch, epoch_losses=losses, best=best, finished=False),
+                        history, cfg, split)
+            row = dict(epoch=epoch, train_loss=float(np.mean(losses)) if losses else float("nan"), val_loss=float("nan"),
+                       lr=float(scheduler.get_last_lr()[0]))
+            if len(val_set) and (epoch % tcfg.validate_every == 0 or epoch == tcfg.epochs - 1):
+                row.update(validate(model, val_set, languages, device, tcfg.batch_size))
+            row["seconds"] = time.time() - epoch_start
+            history.append(row)
+            epoch, step_in_epoch = epoch + 1, 0
+            if procs.main:
+                monitored = row["val_loss"] if len(val_set) else row["train_loss"]
+                progress_state = dict(epoch=epoch, step_in_epoch=0, best=best, finished=epoch == tcfg.epochs)
+                if math.isfinite(monitored) and monitored < best[0]:
+                    best[:] = [monitored, epoch - 1]
+                    save_checkpoint(best_path, model, optimiser, scheduler, progress_state, history, cfg, split)
+                save_checkpoint(last_path, model, optimiser, scheduler, progress_state, history, cfg, split)
+                with files.atomic_path(run_dir / "train_log.csv") as tmp:
+                    pd.DataFrame(history).to_csv(tmp, index=False)
+                for key, value in row.items():
+                    if key != "epoch" and isinstance(value, float) and math.isfinite(value):
+                        writer.add_scalar(key.replace("[", "/").replace("]", ""), value, row["epoch"])
+                writer.flush()
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+    result = _summary(history, best, str(device), time.time() - started, tcfg.collapse_ratio)
+    if procs.main:
+        files.write_json(run_dir / "train_summary.json", dataclasses.asdict(result) | dict(history=None))
+    if result.warning:
+        warnings.warn(result.warning, stacklevel=2)
+    return result
+
+
+def _summary(history: list, best: list, device: str, seconds: float, collapse_ratio: float) -> TrainResult:
+    table = pd.DataFrame(history)
+    ratios = table["val_motion_ratio"].dropna() if "val_motion_ratio" in table else pd.Series(dtype=float)
+    ratio = float(ratios.iloc[-1]) if len(ratios) else float("nan")
+    collapsed = bool(math.isfinite(ratio) and ratio < collapse_ratio)
+    warning = (f"COLLAPSE: on validation the predicted motion is {ratio:.2f} x the true motion (below "
+               f"train.collapse_ratio={collapse_ratio}): the model predicts almost no movement. See the README's "
+               f"real-footage recipe (configs/real.yaml)") if collapsed else ""
+    return TrainResult(history=table, best_epoch=int(best[1]), best_val_loss=float(best[0]), device=device,
+                       seconds=seconds, motion_ratio=ratio, collapsed=collapsed, warning=warning)
+
+
+def load_result(run_dir: str | Path) -> TrainResult:
+    """The result of a finished training run, from its files (after a multi-process launch)."""
+    run_dir = Path(run_dir)
+    summary = json.loads((run_dir / "train_summary.json").read_text())
+    summary["history"] = pd.read_csv(run_dir / "train_log.csv")
+    return TrainResult(**summary)
+
+
+def launch(config_path: str | Path, run_dir: str | Path, overrides: dict | None, processes: int) -> TrainResult:
+    """Train in `processes` processes with torchrun (DDP) and wait; notebook 04 uses this when train.processes > 1."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+               "-m", "a2m_lib.cli", "train", "--config", str(config_path), "--run-dir", str(run_dir)]
+    for key, value in (overrides or {}).items():
+        command += ["-p", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]
+    print(" ".join(command), flush=True)
+    subprocess.run(command, check=True)
+    return load_result(run_dir)
+
+
+def run(cfg: Config, run_dir: str | Path, config_path: str | Path, overrides: dict | None = None) -> TrainResult:
+    """What notebook 04 calls: in process on one device, or `launch` when train.processes > 1."""
+    if cfg.train.processes > 1:
+        return launch(config_path, run_dir, overrides, cfg.train.processes)
+    return train(cfg, run_dir)

@@ -5,57 +5,131 @@ import pytest
 import torch
 from transformers import Wav2Vec2Model
 
-from a2m_lib.config import ModelConfig
-from a2m_lib.dataset import collate
-from a2m_lib.model import Audio2Mesh, normalise_audio, resolve_device, scratch_encoder_config
+from a2m_lib.config import ConfigError, ModelConfig, load_config
+from a2m_lib.dataset import EpochBatches, collate
+from a2m_lib.model import Audio2Mesh, EncoderLoadError, normalise_audio, resolve_device, scratch_encoder_config
 from a2m_lib.train import masked_l1
+
+TINY = dict(scratch_hidden=32, scratch_layers=2, scratch_conv_channels=16)
 
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
     """A tiny Wav2Vec2 saved locally: the real from_pretrained(path) code path, without any hub."""
     path = tmp_path_factory.mktemp("tiny_wav2vec2")
-    cfg = ModelConfig(encoder="scratch", scratch_hidden=32, scratch_layers=1, scratch_conv_channels=16)
     torch.manual_seed(0)
-    Wav2Vec2Model(scratch_encoder_config(cfg)).save_pretrained(path)
+    Wav2Vec2Model(scratch_encoder_config(ModelConfig(encoder="scratch", **TINY))).save_pretrained(path)
     return path
 
 
+def _features(model, seconds, n_frames, seed=0):
+    audio = torch.from_numpy(normalise_audio(np.random.default_rng(seed).normal(size=int(16000 * seconds))))
+    return model.frame_features(audio, n_frames)
+
+
 def test_encoder_loads_from_a_local_pretrained_folder(tiny_checkpoint):
-    cfg = ModelConfig(encoder=str(tiny_checkpoint), latent_dim=16, n_vertices=468)
-    model = Audio2Mesh(cfg)
+    model = Audio2Mesh(ModelConfig(encoder="wav2vec2", pretrained=str(tiny_checkpoint), latent_dim=16, n_vertices=468))
     reference = Wav2Vec2Model.from_pretrained(tiny_checkpoint)
     for name, tensor in reference.state_dict().items():
-        assert torch.equal(model.encoder.state_dict()[name], tensor), name
+        assert torch.equal(model.audio_encoder.state_dict()[name], tensor), name
     # AniPortrait freezes the CNN feature encoder; the transformer and head train
-    assert not any(p.requires_grad for p in model.encoder.feature_extractor.parameters())
-    assert all(p.requires_grad for p in model.encoder.encoder.parameters())
+    assert not any(p.requires_grad for p in model.audio_encoder.feature_extractor.parameters())
+    assert all(p.requires_grad for p in model.audio_encoder.encoder.parameters())
 
 
-def test_missing_encoder_gives_a_clear_error(tmp_path):
-    with pytest.raises(OSError, match="cannot load the audio encoder.*model.encoder"):
-        Audio2Mesh(ModelConfig(encoder=str(tmp_path / "nowhere")))
+def test_state_dict_uses_aniportraits_names(tiny_checkpoint):
+    model = Audio2Mesh(ModelConfig(encoder="wav2vec2", pretrained=str(tiny_checkpoint), latent_dim=16))
+    names = set(model.state_dict())
+    assert {"in_fn.weight", "in_fn.bias", "out_fn.weight", "out_fn.bias"} <= names
+    assert {f"audio_encoder.{n}" for n in Wav2Vec2Model.from_pretrained(tiny_checkpoint).state_dict()} == names - {
+        "in_fn.weight", "in_fn.bias", "out_fn.weight", "out_fn.bias"}
+    assert model.out_fn.weight.shape == (468 * 3, 16)
+
+
+def test_missing_encoder_gives_a_clear_error_and_no_fallback(tmp_path):
+    with pytest.raises(EncoderLoadError, match="model.pretrained.*save_pretrained.*model.encoder=mel"):
+        Audio2Mesh(ModelConfig(encoder="wav2vec2", pretrained=str(tmp_path / "nowhere")))
+    with pytest.raises(ConfigError, match="model.pretrained"):
+        load_config(None, {"model.encoder": "facebook/wav2vec2-base-960h"})
 
 
 def test_forward_shapes_and_zero_init(tiny_checkpoint):
-    model = Audio2Mesh(ModelConfig(encoder=str(tiny_checkpoint), latent_dim=16))
-    audio = torch.randn(2, 16000)  # 1 s
-    offsets = model(audio, 30)
+    model = Audio2Mesh(ModelConfig(encoder="wav2vec2", pretrained=str(tiny_checkpoint), latent_dim=16))
+    features = _features(model, 1.0, 30)
+    assert features.shape == (30, 16)  # the CNN output resampled to 30 frames
+    offsets = model(torch.stack([features, features]), torch.ones(2, 30, dtype=torch.bool))
     assert offsets.shape == (2, 30, 468, 3)
-    assert torch.count_nonzero(offsets) == 0  # starts at the neutral face
-    model.cfg = dataclasses.replace(model.cfg, only_last_features=True)
-    assert model(audio, 17).shape == (2, 17, 468, 3)
+    assert torch.count_nonzero(offsets) == 0  # starts at the reference face
+
+
+def test_mean_of_hidden_states_is_what_transformers_returns(tiny_checkpoint):
+    """Without resampling (n_frames = the CNN's own length), averaging must equal the top-level model's
+    output_hidden_states=True average, embedding output included, as AniPortrait computes it."""
+    model = Audio2Mesh(ModelConfig(encoder="wav2vec2", pretrained=str(tiny_checkpoint), latent_dim=16,
+                                   only_last_features=False)).eval()
+    audio = torch.from_numpy(normalise_audio(np.random.default_rng(1).normal(size=16000)))[None]
+    with torch.no_grad():
+        reference = model.audio_encoder(audio, output_hidden_states=True)
+        expected = torch.stack(reference.hidden_states).mean(0)
+        n_frames = expected.shape[1]
+        features = model.frame_features(audio[0], n_frames)[None]
+        got = model._transformer(features, torch.ones(1, n_frames, dtype=torch.bool))
+        last = dataclasses.replace(model.cfg, only_last_features=True)
+        model.cfg = last
+        got_last = model._transformer(features, torch.ones(1, n_frames, dtype=torch.bool))
+    assert len(reference.hidden_states) == model.audio_encoder.config.num_hidden_layers + 1
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(got_last, reference.last_hidden_state, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("encoder", ["scratch", "mel"])
+def test_a_padded_clip_gives_what_it_gives_alone(encoder):
+    torch.manual_seed(0)
+    model = Audio2Mesh(ModelConfig(encoder=encoder, latent_dim=16, only_last_features=False, mel_hidden=32, **TINY)).eval()
+    torch.nn.init.normal_(model.out_fn.weight)
+    short, long = _features(model, 1.0, 30, seed=2), _features(model, 2.0, 60, seed=3)
+    padded = torch.zeros(2, 60, short.shape[1])
+    padded[0, :30], padded[1] = short, long
+    mask = torch.zeros(2, 60, dtype=torch.bool)
+    mask[0, :30], mask[1] = True, True
+    with torch.no_grad():
+        alone = model(short[None], torch.ones(1, 30, dtype=torch.bool))[0]
+        batched = model(padded, mask)[0, :30]
+    torch.testing.assert_close(batched, alone, atol=1e-4, rtol=1e-4)
+
+
+def test_mel_encoder_features_are_log_mel_at_the_frame_rate():
+    model = Audio2Mesh(ModelConfig(encoder="mel", mel_bands=40, mel_hidden=32, latent_dim=16))
+    features = _features(model, 2.0, 60)
+    assert features.shape == (60, 40) and model.frozen_features and torch.isfinite(features).all()
+
+
+def test_speaker_embedding_and_dynamic_reference_change_the_output():
+    cfg = ModelConfig(encoder="mel", mel_hidden=32, latent_dim=16, speaker_embedding=True)
+    model = Audio2Mesh(cfg, speakers=["a", "b"], reference="random_frame").eval()
+    torch.nn.init.normal_(model.out_fn.weight)
+    features, mask = _features(model, 1.0, 30)[None].repeat(2, 1, 1), torch.ones(2, 30, dtype=torch.bool)
+    reference = torch.zeros(2, 468, 3)
+    reference[1] = 0.5
+    with torch.no_grad():
+        by_speaker = model(features, mask, torch.tensor([0, 1]), torch.zeros(2, 468, 3))
+        by_reference = model(features, mask, torch.tensor([0, 0]), reference)
+    assert not torch.allclose(by_speaker[0], by_speaker[1]) and not torch.allclose(by_reference[0], by_reference[1])
+    with pytest.raises(ValueError, match="unknown speaker 'c'"):
+        model.predict(np.zeros(16000, np.float32), 30, speaker="c", reference=np.zeros((468, 3)))
 
 
 def test_save_and_load_pretrained_are_symmetric(tiny_checkpoint, tmp_path):
     torch.manual_seed(1)
-    model = Audio2Mesh(ModelConfig(encoder=str(tiny_checkpoint), latent_dim=16))
+    model = Audio2Mesh(ModelConfig(encoder="wav2vec2", pretrained=str(tiny_checkpoint), latent_dim=16,
+                                   speaker_embedding=True), speakers=["x", "y"])
     torch.nn.init.normal_(model.out_fn.weight)
     model.save_pretrained(tmp_path / "a2m")
     loaded = Audio2Mesh.from_pretrained(tmp_path / "a2m")
-    audio = torch.randn(1, 8000)
-    model.eval(), loaded.eval()
-    assert torch.allclose(model(audio, 15), loaded(audio, 15))
+    audio = np.random.default_rng(0).normal(size=8000).astype(np.float32)
+    model.eval()
+    assert loaded.speakers == ["x", "y"]
+    np.testing.assert_allclose(model.predict(audio, 15, speaker="y"), loaded.predict(audio, 15, speaker="y"), atol=1e-6)
 
 
 def test_masked_l1_ignores_padding():
@@ -65,15 +139,22 @@ def test_masked_l1_ignores_padding():
     assert masked_l1(prediction, target, mask).item() == pytest.approx(1.0)
 
 
-def test_collate_keeps_audio_aligned_with_frames():
-    spf = 16000 / 30
-    batch = [dict(audio=torch.ones(int(round(10 * spf))), offsets=torch.ones(10, 468, 3), valid=torch.ones(10, dtype=torch.bool),
-                  clip_id="a", samples_per_frame=spf),
-             dict(audio=torch.ones(int(round(25 * spf))), offsets=torch.ones(25, 468, 3), valid=torch.ones(25, dtype=torch.bool),
-                  clip_id="b", samples_per_frame=spf)]
+def test_collate_pads_features_and_masks():
+    batch = [dict(features=torch.ones(n, 8), offsets=torch.ones(n, 468, 3), valid=torch.ones(n, dtype=torch.bool),
+                  silent=torch.zeros(n, dtype=torch.bool), clip_id=c, speaker_id=0, reference=torch.zeros(468, 3))
+             for c, n in (("a", 10), ("b", 25))]
     out = collate(batch)
-    assert out["n_frames"] == 25 and out["audio"].shape == (2, int(round(25 * spf)))
+    assert out["features"].shape == (2, 25, 8) and out["offsets"].shape == (2, 25, 468, 3)
     assert out["mask"].sum().item() == 35 and out["offsets"][0, 10:].abs().sum() == 0
+
+
+def test_epoch_batches_resume_and_split_across_processes():
+    whole = EpochBatches(10, 4, seed=3, epoch=2).batches
+    assert sorted(i for b in whole for i in b) == list(range(10))
+    assert EpochBatches(10, 4, seed=3, epoch=2, skip=1).batches == whole[1:]
+    halves = [EpochBatches(10, 4, seed=3, epoch=2, rank=r, world_size=2).batches for r in (0, 1)]
+    assert [sorted(a + b) for a, b in zip(*halves)] == [sorted(b) for b in whole]
+    assert EpochBatches(10, 4, seed=3, epoch=3).batches != whole
 
 
 def test_device_auto_and_audio_normalisation():

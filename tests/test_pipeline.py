@@ -86,23 +86,3 @@ def test_unknown_config_key_fails_before_any_notebook(tmp_path):
                             cwd=runner.REPO_ROOT)
     assert result.returncode == 2 and "train.epochs" in result.stderr
     assert not (tmp_path / "r" / "notebooks").exists()
-
-
-def test_training_resumes_from_the_last_checkpoint(processed, qa_run, accepted, tmp_path):
-    import shutil
-
-    from a2m_lib import neutral, train
-    from a2m_lib.config import load_config
-
-    shutil.copy(qa_run / "qa.csv", tmp_path / "qa.csv")  # the run's own QA decisions
-    cfg = load_config(runner.REPO_ROOT / "configs" / "demo.yaml", {
-        "data.processed": str(processed), "train.epochs": 2, "model.scratch_hidden": 32, "model.latent_dim": 16})
-    neutral.resolve(processed, accepted, "auto", tmp_path / "neutral")
-    first = train.train(cfg, tmp_path, progress=False)
-    assert len(first.history) == 2 and (tmp_path / "checkpoints" / "last.pt").exists()
-    longer = train.train(load_config(runner.REPO_ROOT / "configs" / "demo.yaml", {
-        "data.processed": str(processed), "train.epochs": 3, "model.scratch_hidden": 32, "model.latent_dim": 16}),
-        tmp_path, progress=False)
-    assert len(longer.history) == 3  # epochs 0-1 came from the checkpoint, only epoch 2 ran
-    assert longer.history.train_loss[:2].tolist() == first.history.train_loss.tolist()
-    assert not list(tmp_path.rglob("*.part*"))

@@ -1,0 +1,156 @@
+"""Training done properly: honest resume, feature cache, NaN guard, DDP, reproducibility, the collapse warning."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from a2m_lib import neutral, store, train
+from a2m_lib.config import load_config
+from a2m_lib.model import load_checkpoint, load_model
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+SMALL = {"model.scratch_hidden": 32, "model.scratch_layers": 1, "model.scratch_conv_channels": 16,
+         "model.latent_dim": 16, "train.batch_size": 2, "train.num_threads": 1}
+
+
+def _cfg(processed, **overrides):
+    return load_config(REPO / "configs" / "demo.yaml", {"data.processed": str(processed), **SMALL, **overrides})
+
+
+def _prepared_run(run_dir: Path, processed, qa_run, accepted) -> Path:
+    """A run folder with the QA decisions and neutrals that notebooks 02 and 03 would leave."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(qa_run / "qa.csv", run_dir / "qa.csv")
+    neutral.resolve(processed, accepted, "auto", run_dir / "neutral")
+    return run_dir
+
+
+def _cli_train(run_dir, processed, overrides: dict, **popen):
+    command = [sys.executable, "-m", "a2m_lib.cli", "train", "--config", str(REPO / "configs" / "demo.yaml"),
+               "--run-dir", str(run_dir)]
+    for key, value in {"data.processed": str(processed), **SMALL, **overrides}.items():
+        command += ["-p", f"{key}={value}"]
+    return command
+
+
+def test_killed_mid_epoch_and_rerun_gives_the_uninterrupted_weights(processed, qa_run, accepted, tmp_path):
+    settings = {"train.epochs": 3, "train.checkpoint_every": 1}
+    whole = _prepared_run(tmp_path / "whole", processed, qa_run, accepted)
+    subprocess.run(_cli_train(whole, processed, settings), check=True, capture_output=True)
+    killed = _prepared_run(tmp_path / "killed", processed, qa_run, accepted)
+    process = subprocess.Popen(_cli_train(killed, processed, settings), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last, deadline = killed / "checkpoints" / "last.pt", time.time() + 300
+    while time.time() < deadline:
+        if last.exists():
+            try:
+                state = load_checkpoint(last)
+            except Exception:  # noqa: BLE001 - caught between write and rename: look again
+                continue
+            if state["epoch"] == 1 and state["step_in_epoch"] >= 2:
+                break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    interrupted = load_checkpoint(last)
+    assert not interrupted["finished"] and interrupted["step_in_epoch"] > 0, "killed mid-epoch"
+    result = subprocess.run(_cli_train(killed, processed, settings), capture_output=True, text=True)
+    assert result.returncode == 0 and "resuming from" in result.stdout, result.stderr[-2000:]
+    for name in ("last.pt", "best.pt"):
+        a, b = (load_checkpoint(run / "checkpoints" / name)["model"] for run in (whole, killed))
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=f"{name}: {key}")
+    pd.testing.assert_frame_equal(pd.read_csv(whole / "train_log.csv").drop(columns="seconds"),
+                                  pd.read_csv(killed / "train_log.csv").drop(columns="seconds"))
+
+
+def test_finished_runs_train_afresh_and_changed_configs_refuse_to_resume(processed, qa_run, accepted, tmp_path):
+    run_dir = _prepared_run(tmp_path / "run", processed, qa_run, accepted)
+    first = train.train(_cfg(processed, **{"train.epochs": 1}), run_dir, progress=False)
+    again = train.train(_cfg(processed, **{"train.epochs": 1}), run_dir, progress=False)  # --from 04 on a finished run
+    assert len(again.history) == 1 and again.history.train_loss[0] == first.history.train_loss[0]
+    state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    state["finished"] = False  # as if it had been interrupted
+    torch.save(state, run_dir / "checkpoints" / "last.pt")
+    with pytest.raises(train.ResumeRefused, match=r"train\.lr \(0\.001 -> 0\.0001\).*train\.resume=false"):
+        train.train(_cfg(processed, **{"train.epochs": 1, "train.lr": 1e-4}), run_dir, progress=False)
+    fresh = train.train(_cfg(processed, **{"train.epochs": 1, "train.lr": 1e-4, "train.resume": False}), run_dir,
+                        progress=False)
+    assert len(fresh.history) == 1
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(processed, qa_run, accepted, tmp_path, monkeypatch):
+    run_dir = _prepared_run(tmp_path / "run", processed, qa_run, accepted)
+    train.train(_cfg(processed, **{"train.epochs": 1}), run_dir, progress=False)
+    good = load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
+    real_total = train.total_loss
+    calls = []
+
+    def poisoned(*args):
+        calls.append(1)
+        return real_total(*args) * (float("nan") if len(calls) == 3 else 1.0)
+
+    monkeypatch.setattr(train, "total_loss", poisoned)
+    with pytest.raises(train.TrainingDiverged, match="became nan at epoch 0, step 2.*last.pt keeps"):
+        train.train(_cfg(processed, **{"train.epochs": 2, "train.resume": False, "train.checkpoint_every": 1}),
+                    run_dir, progress=False)
+    kept = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert all(torch.isfinite(t).all() for t in kept["model"].values() if t.is_floating_point())
+    assert kept["step_in_epoch"] == 2 and not all(torch.equal(good[k], kept["model"][k]) for k in good)
+
+
+@pytest.mark.parametrize("encoder", ["scratch", "mel"])
+def test_the_feature_cache_gives_the_loss_curve_of_recomputing(processed, qa_run, accepted, tmp_path, encoder):
+    curves = []
+    for cached in (True, False):
+        run_dir = _prepared_run(tmp_path / f"cache{cached}", processed, qa_run, accepted)
+        cfg = _cfg(processed, **{"train.epochs": 2, "model.encoder": encoder, "model.freeze_feature_encoder": True,
+                                 "model.mel_hidden": 32, "train.cache_features": cached})
+        curves.append(train.train(cfg, run_dir, progress=False).history[["train_loss", "val_loss"]].to_numpy())
+    np.testing.assert_allclose(curves[0], curves[1], rtol=1e-4, atol=1e-6)
+    assert list((processed / "features").iterdir()), "the cache lives in the store"
+
+
+def test_two_processes_with_ddp_agree_with_one(processed, qa_run, accepted, tmp_path):
+    settings = {"train.epochs": 2, "train.batch_size": 4, "data.val_fraction": 0.2}
+    single = _prepared_run(tmp_path / "single", processed, qa_run, accepted)
+    subprocess.run(_cli_train(single, processed, settings), check=True, capture_output=True)
+    double = _prepared_run(tmp_path / "ddp", processed, qa_run, accepted)
+    command = _cli_train(double, processed, settings)
+    command[1:3] = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "a2m_lib.cli"]
+    result = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, two = (pd.read_csv(run / "train_log.csv") for run in (single, double))
+    np.testing.assert_allclose(one.train_loss, two.train_loss, rtol=1e-4)
+    np.testing.assert_allclose(one.val_loss, two.val_loss, rtol=1e-4)
+
+
+def test_same_config_seed_and_data_give_the_same_metrics(processed, qa_run, accepted, tmp_path):
+    from a2m_lib import evaluate
+
+    metrics = []
+    for name in ("a", "b"):
+        run_dir = _prepared_run(tmp_path / name, processed, qa_run, accepted)
+        cfg = _cfg(processed, **{"train.epochs": 2})
+        train.train(cfg, run_dir, progress=False)
+        metrics.append(evaluate.evaluate(cfg, run_dir, progress=False).summary["model"])
+    assert metrics[0] == metrics[1]
+
+
+def test_collapse_is_reported_loudly(processed, qa_run, accepted, tmp_path):
+    run_dir = _prepared_run(tmp_path / "run", processed, qa_run, accepted)
+    with pytest.warns(UserWarning, match="COLLAPSE"):
+        result = train.train(_cfg(processed, **{"train.epochs": 1, "train.lr": 1e-6}), run_dir, progress=False)
+    assert result.collapsed and result.motion_ratio < 0.3
+    assert "COLLAPSE" in (run_dir / "train_summary.json").read_text()
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    log = pd.read_csv(run_dir / "train_log.csv")
+    assert {"val_loss[speaker=spk0]", "val_loss[speaker=spk1]", "val_motion_ratio", "lr"} <= set(log.columns)
