@@ -1,4 +1,4 @@
-"""The `a2m` command line: run, demo, synth, extract, qa."""
+"""The `a2m` command line: run, demo, synth, extract, qa, train, evaluate, predict, export-aniportrait."""
 from __future__ import annotations
 
 import argparse
@@ -48,6 +48,43 @@ def cmd_train(args) -> int:
     result = train.train(cfg, args.run_dir)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"best epoch {result.best_epoch}, val L1 {result.best_val_loss:.4f}, {result.seconds:.0f} s on {result.device}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from . import evaluate, neutral, qa, store
+
+    run_dir = Path(args.run_dir)
+    cfg = load_config(run_dir / "config.yaml" if (run_dir / "config.yaml").exists() else args.config, args.param)
+    data_run = None
+    if args.data:  # another clip store: its own QA decisions and neutrals, kept inside this run
+        data_run = run_dir / f"eval_{Path(args.data).name}"
+        qa.check_store(args.data, cfg.qa, cfg.data.sample_rate, run_dir=data_run)
+        neutral.resolve(args.data, store.accepted_clips(data_run), "auto", data_run / "neutral")
+    result = evaluate.evaluate(cfg, run_dir, split=args.split, checkpoint=args.checkpoint, data=args.data, data_run=data_run)
+    print(evaluate.report(result.summary))
+    print(f"predictions in {result.predictions}; metrics in {result.predictions.parent / 'metrics.json'}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from . import predict
+
+    inputs = predict.prepare(args.run, args.checkpoint, args.neutral, args.speaker, args.reference)
+    if args.fps:
+        inputs["fps"] = args.fps
+    result = predict.predict_audio(audio_path=args.audio, out_path=args.out, smooth_frames=args.smooth,
+                                   video_path=args.video, **inputs)
+    print(f"{result.path}: {len(result.verts)} frames at {result.fps:g} fps from {result.audio_seconds:.1f} s of audio "
+          f"in {result.seconds:.2f} s (real-time factor {result.real_time_factor:.0f}x)")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from . import predict
+
+    settings = predict.export_aniportrait(args.run_dir, args.out_dir, args.checkpoint)
+    print(f"wrote {settings['a2m_ckpt']} and {Path(args.out_dir) / 'inference_audio.yaml'}")
     return 0
 
 
@@ -126,6 +163,33 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", required=True)
     train.add_argument("--run-dir", required=True)
     train.set_defaults(func=cmd_train)
+
+    evaluate = with_params(commands.add_parser("evaluate", help="predictions and metrics for a trained run"))
+    evaluate.add_argument("run_dir")
+    evaluate.add_argument("--split", default=None, help="test | val | train (default evaluate.split)")
+    evaluate.add_argument("--checkpoint", default=None, help="best | last (default evaluate.checkpoint)")
+    evaluate.add_argument("--data", default=None, help="evaluate on every accepted clip of another clip store")
+    evaluate.add_argument("--config", default=None, help="only if RUN_DIR has no config.yaml")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    predict = commands.add_parser("predict", help="meshes for new audio (any file ffmpeg reads)")
+    predict.add_argument("audio")
+    predict.add_argument("--run", default=None, help="a trained run: its best checkpoint and neutrals")
+    predict.add_argument("--checkpoint", default=None, help="a checkpoint or save_pretrained folder (with --neutral)")
+    predict.add_argument("--neutral", default=None, help="a neutral .npz (runs/<id>/neutral/<speaker>.npz)")
+    predict.add_argument("--speaker", default=None)
+    predict.add_argument("--reference", default=None, help="CLIP:FRAME of the run's store as the reference face")
+    predict.add_argument("--out", required=True, help="OUT.npz: verts (T, V, 3), fps")
+    predict.add_argument("--video", default=None, help="also render OUT.mp4 with the audio")
+    predict.add_argument("--smooth", type=int, default=0, help="Savitzky-Golay window in frames (0: none)")
+    predict.add_argument("--fps", type=float, default=None, help="default: the run's data.fps")
+    predict.set_defaults(func=cmd_predict)
+
+    export = commands.add_parser("export-aniportrait", help="the model as AniPortrait's audio2mesh.pt + inference yaml")
+    export.add_argument("run_dir")
+    export.add_argument("out_dir")
+    export.add_argument("--checkpoint", default="best")
+    export.set_defaults(func=cmd_export)
 
     demo = with_params(commands.add_parser("demo", help="synthesise sample data and run configs/demo.yaml"))
     demo.add_argument("--run-dir", default="runs/demo")

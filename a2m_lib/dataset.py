@@ -86,7 +86,8 @@ class FeatureCache:
         if not path.exists():
             with torch.no_grad():
                 device = next(self.model.parameters()).device
-                features = self.model.frame_features(torch.from_numpy(audio).to(device), len(example.mesh), self.sample_rate)
+                features = self.model.frame_features(torch.from_numpy(audio).to(device), len(example.mesh), self.sample_rate,
+                                                     example.fps)
             with files.atomic_path(path) as tmp:
                 np.save(tmp, features.float().cpu().numpy())
         return np.load(path, mmap_mode="r")
@@ -149,7 +150,8 @@ class ClipDataset(torch.utils.data.Dataset):
         if self.features is not None:
             sample["features"] = torch.from_numpy(np.array(self.features.get(example)[frames], np.float32))
         else:  # the encoder's frame features are computed on the whole clip during the step, then sliced
-            sample.update(audio=torch.from_numpy(normalise_audio(example.audio)), start=start, n_clip_frames=n_frames)
+            sample.update(audio=torch.from_numpy(normalise_audio(example.audio)), start=start, n_clip_frames=n_frames,
+                          fps=example.fps)
         return sample
 
 
@@ -174,7 +176,7 @@ def collate(batch: list[dict]) -> dict:
             out["features"][i, : len(sample["features"])] = sample["features"]
     else:
         out.update(audio=[s["audio"] for s in batch], starts=[s["start"] for s in batch],
-                   clip_frames=[s["n_clip_frames"] for s in batch])
+                   clip_frames=[s["n_clip_frames"] for s in batch], fps=batch[0]["fps"])
     return out
 
 

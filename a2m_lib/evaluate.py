@@ -74,7 +74,7 @@ class TrainingFrames:
             offsets, mels = [], []
             for row in tqdm(list(rows.itertuples()), desc=f"baselines {speaker}", leave=False, disable=not progress):
                 example = store.load_example(processed, row.clip_id, int(row.audio_shift_frames), sample_rate, n_vertices)
-                mel = _normalised_mel(example.audio, sample_rate, len(example.mesh))
+                mel = _normalised_mel(example.audio, sample_rate, len(example.mesh), example.fps)
                 offsets.append(example.mesh[example.valid] - neutrals[speaker][:n_vertices])
                 mels.append(mel[example.valid])
             self.offsets[speaker], self.mel[speaker] = np.concatenate(offsets), np.concatenate(mels)
@@ -87,19 +87,19 @@ class TrainingFrames:
             return self.mean_offset[speaker]
         return np.mean([self.mean_offset[s] for s in self.all_speakers], axis=0)
 
-    def nearest_audio(self, speaker: str, audio: np.ndarray, sample_rate: int, n_frames: int) -> np.ndarray:
+    def nearest_audio(self, speaker: str, audio: np.ndarray, sample_rate: int, n_frames: int, fps: float) -> np.ndarray:
         """(n_frames, V, 3) offsets of the nearest training frames by log-mel distance."""
         pool = [speaker] if speaker in self.mel else self.all_speakers
         bank = torch.from_numpy(np.concatenate([self.mel[s] for s in pool]))
         offsets = np.concatenate([self.offsets[s] for s in pool])
-        query = torch.from_numpy(_normalised_mel(audio, sample_rate, n_frames))
+        query = torch.from_numpy(_normalised_mel(audio, sample_rate, n_frames, fps))
         nearest = torch.cat([torch.cdist(chunk, bank).argmin(1) for chunk in query.split(2048)])
         return offsets[nearest.numpy()]
 
 
-def _normalised_mel(audio: np.ndarray, sample_rate: int, n_frames: int) -> np.ndarray:
+def _normalised_mel(audio: np.ndarray, sample_rate: int, n_frames: int, fps: float) -> np.ndarray:
     """Log-mel per video frame, each band standardised over the clip (loudness and channel differences removed)."""
-    mel = log_mel(audio, sample_rate, 40, n_frames)
+    mel = log_mel(audio, sample_rate, 40, n_frames, fps)
     return ((mel - mel.mean(0)) / (mel.std(0) + 1e-5)).astype(np.float32)
 
 
@@ -129,7 +129,7 @@ def predict_clips(model: Audio2Mesh, clips: pd.DataFrame, processed, neutrals: d
                                                               fps=example.fps)
         else:
             with_reference = random_reference + offsets  # the model assumes its reference is the neutral
-        nearest = training.nearest_audio(row.speaker, example.audio, sample_rate, n_frames)
+        nearest = training.nearest_audio(row.speaker, example.audio, sample_rate, n_frames, example.fps)
         path = out_dir / f"{row.clip_id}.npz"
         with files.atomic_path(path) as tmp:
             np.savez(tmp, model=(neutral + offsets)[valid], truth=example.mesh[valid], neutral=neutral,

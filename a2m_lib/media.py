@@ -171,6 +171,7 @@ def iter_frames(path: str | Path, fps: float) -> Iterator[np.ndarray]:
 def write_video(path: str | Path, frames: np.ndarray, fps: float, audio: np.ndarray | None, sample_rate: int) -> None:
     """Write an H.264 + AAC mp4 atomically (temporary name, then rename)."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     wav = files.part_path(path.with_suffix(".wav")) if audio is not None else None
     height, width = frames.shape[1:3]
     try:

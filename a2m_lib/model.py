@@ -69,15 +69,20 @@ def interpolate_frames(features: torch.Tensor, n_frames: int) -> torch.Tensor:
     return F.interpolate(features[None], size=n_frames, mode="linear", align_corners=True)[0].T
 
 
-def log_mel(audio: np.ndarray, sample_rate: int, n_mels: int, n_frames: int) -> np.ndarray:
-    """(samples,) -> (n_frames, n_mels) float32: log-mel energies every 10 ms (25 ms windows), resampled to the
-    video frames like the CNN output."""
+def log_mel(audio: np.ndarray, sample_rate: int, n_mels: int, n_frames: int, fps: float = 30.0) -> np.ndarray:
+    """(samples,) -> (n_frames, n_mels) float32: log-mel energies every 10 ms (25 ms windows), read at each video
+    frame's centre time, (t + 0.5) / fps. By time rather than by stretching the whole clip: a window of a long
+    recording then gives exactly the frames of a single pass (see Audio2Mesh.predict)."""
     import librosa
 
+    hop = int(MEL_HOP_SECONDS * sample_rate)
     power = librosa.feature.melspectrogram(
-        y=audio.astype(np.float32), sr=sample_rate, n_fft=int(MEL_WINDOW_SECONDS * sample_rate),
-        hop_length=int(MEL_HOP_SECONDS * sample_rate), n_mels=n_mels, fmin=40, fmax=sample_rate // 2 - 400)
-    return interpolate_frames(torch.from_numpy(np.log(power + 1e-6).astype(np.float32)), n_frames).numpy()
+        y=audio.astype(np.float32), sr=sample_rate, n_fft=int(MEL_WINDOW_SECONDS * sample_rate), hop_length=hop,
+        n_mels=n_mels, fmin=40, fmax=sample_rate // 2 - 400)                       # (mels, 1 + samples // hop)
+    mel = np.log(power + 1e-6).T                                                    # frame k centred at k * hop
+    where = (np.arange(n_frames) + 0.5) / fps * sample_rate / hop
+    columns = np.arange(len(mel))
+    return np.stack([np.interp(where, columns, band) for band in mel.T], axis=1).astype(np.float32)
 
 
 def scratch_encoder_config(cfg: ModelConfig) -> Wav2Vec2Config:
@@ -170,7 +175,7 @@ class Audio2Mesh(nn.Module):
     def features_id(self) -> str:
         """Names what frame_features computes (the weights of a frozen CNN, or the mel settings): the cache key."""
         if self.cfg.encoder == "mel":
-            text = f"mel:{self.cfg.mel_bands}:{MEL_HOP_SECONDS}:{MEL_WINDOW_SECONDS}"
+            text = f"mel-by-time:{self.cfg.mel_bands}:{MEL_HOP_SECONDS}:{MEL_WINDOW_SECONDS}"
         else:
             digest = hashlib.sha256()
             for name, tensor in sorted(self.audio_encoder.feature_extractor.state_dict().items()):
@@ -179,10 +184,11 @@ class Audio2Mesh(nn.Module):
             text = f"cnn:{digest.hexdigest()}"
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
-    def frame_features(self, audio: torch.Tensor, n_frames: int, sample_rate: int = 16000) -> torch.Tensor:
+    def frame_features(self, audio: torch.Tensor, n_frames: int, sample_rate: int = 16000, fps: float = 30.0) -> torch.Tensor:
         """One clip's normalised audio (samples,) -> its encoder input at the video frame rate, (n_frames, C)."""
         if self.cfg.encoder == "mel":
-            return torch.from_numpy(log_mel(audio.detach().cpu().numpy(), sample_rate, self.cfg.mel_bands, n_frames)).to(audio.device)
+            mel = log_mel(audio.detach().cpu().numpy(), sample_rate, self.cfg.mel_bands, n_frames, fps)
+            return torch.from_numpy(mel).to(audio.device)
         cnn = self.audio_encoder.feature_extractor(audio[None])[0]                        # (C, T_audio) at ~50 Hz
         return interpolate_frames(cnn, n_frames)                                           # (n_frames, C)
 
@@ -257,7 +263,7 @@ class Audio2Mesh(nn.Module):
             available = normalised[first:last]
             piece[: len(available)] = available
             piece = torch.from_numpy(piece).to(device)
-            features = self.frame_features(piece, end - start, sample_rate)[None]                      # (1, T, C)
+            features = self.frame_features(piece, end - start, sample_rate, fps)[None]                 # (1, T, C)
             mask = torch.ones(1, end - start, dtype=torch.bool, device=device)
             offsets = self(features, mask, speaker_ids, ref)[0].float().cpu().numpy()                 # (T, V, 3)
             ramp = np.ones(end - start, np.float32)

@@ -112,57 +112,113 @@ def neutrals(neutral_dir: str | Path):
 
 # ----------------------------------------------------------------------------------- 04 training
 
-def training_curves(history: pd.DataFrame):
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    ax.plot(history.epoch, history.train_loss, label="train L1")
+def training_curves(history: pd.DataFrame, title: str = ""):
+    """Train against validation L1 (overall and per speaker), and the validation motion ratio."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.4), gridspec_kw={"width_ratios": [2, 1]})
+    axes[0].plot(history.epoch, history.train_loss, color="black", label="train L1")
     valid = history.dropna(subset=["val_loss"])
-    ax.plot(valid.epoch, valid.val_loss, marker=".", label="val L1")
-    ax.set(xlabel="epoch", ylabel="L1 on offsets (mesh units)", yscale="log")
-    ax.legend()
+    axes[0].plot(valid.epoch, valid.val_loss, color="tab:red", marker=".", label="val L1")
+    for column in (c for c in history.columns if c.startswith("val_loss[")):
+        axes[0].plot(valid.epoch, valid[column], lw=0.8, alpha=0.7, label=column[9:-1])
+    axes[0].set(xlabel="epoch", ylabel="L1 on offsets (mesh units)", yscale="log",
+                title=title or "train vs validation: a widening gap means memorising")
+    axes[0].legend(fontsize=7, ncol=2)
+    if "val_motion_ratio" in history:
+        axes[1].plot(valid.epoch, valid.val_motion_ratio, marker=".")
+        axes[1].axhline(1, color="gray", ls="--")
+        axes[1].set(xlabel="epoch", ylabel="predicted / true motion std", title="validation motion ratio", ylim=(0, None))
     fig.tight_layout()
     return fig
 
 
 # ----------------------------------------------------------------------------------- 05 evaluation
 
-def evaluation_summary(result):
-    """LVE and MVE of the model against the neutral baseline, per clip and overall."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.4), gridspec_kw={"width_ratios": [1, 3]})
-    names = ["neutral", "model"]
-    values = [result.summary["baselines"]["neutral"]["lve"], result.summary["model"]["lve"]]
-    axes[0].bar(names, values, color=["tab:gray", "tab:blue"])
-    axes[0].set(ylabel="lip vertex error (mesh units)", title=f"{result.summary['split']}: LVE")
+NAMES = {"model": "model", "neutral": "neutral", "mean_offset": "mean offset", "nearest_audio": "nearest audio"}
+COLOURS = {"model": "tab:blue", "neutral": "tab:gray", "mean_offset": "tab:orange", "nearest_audio": "tab:green"}
+
+
+def evaluation_summary(result, title: str = ""):
+    """LVE and mouth correlation of the model against every baseline, and LVE per held-out clip."""
+    summary = result.summary
+    blocks = {"model": summary["model"], **summary["baselines"]}
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.4), gridspec_kw={"width_ratios": [1, 1, 3]})
+    for axis, key, label in ((axes[0], "lve", "LVE (mesh units, lower is better)"),
+                             (axes[1], "mouth_corr", "mouth-opening correlation (higher is better)")):
+        axis.bar([NAMES[n] for n in blocks], [b[key] for b in blocks.values()], color=[COLOURS[n] for n in blocks])
+        axis.set(ylabel=label)
+        axis.tick_params(axis="x", rotation=30)
     table = result.per_clip.sort_values("neutral_lve")
     x = np.arange(len(table))
-    axes[1].bar(x - 0.2, table.neutral_lve, 0.4, color="tab:gray", label="neutral")
-    axes[1].bar(x + 0.2, table.model_lve, 0.4, color="tab:blue", label="model")
-    axes[1].set_xticks(x, table.clip_id, rotation=60, ha="right", fontsize=7)
-    axes[1].set(ylabel="LVE", title="per held-out clip")
-    axes[1].legend()
+    for offset, name in zip((-0.3, -0.1, 0.1, 0.3), ("neutral", "mean_offset", "nearest_audio", "model")):
+        axes[2].bar(x + offset, table[f"{name}_lve"], 0.2, color=COLOURS[name], label=NAMES[name])
+    axes[2].set_xticks(x, table.clip_id, rotation=60, ha="right", fontsize=7)
+    axes[2].set(ylabel="LVE", title=title or f"{summary['split']}: per held-out clip")
+    axes[2].legend(fontsize=8)
     fig.tight_layout()
     return fig
 
 
-def evaluation_clip(result, clip_id: str, fps: float = 30.0):
-    """Mouth opening over time (truth vs model) and a front view of the lips at the widest-open frame."""
-    clip = result.predictions[clip_id]
-    truth, prediction = regions.mouth_opening(clip["target"]), regions.mouth_opening(clip["prediction"])
-    frame = int(np.argmax(truth))
-    fig, axes = plt.subplots(1, 2, figsize=(12, 3.4), gridspec_kw={"width_ratios": [3, 1]})
-    t = np.arange(len(truth)) / fps
-    axes[0].plot(t, truth, label="extracted mesh", color="black")
-    axes[0].plot(t, prediction, label="model", color="tab:blue")
+def chosen_clips(result) -> dict[str, str]:
+    """The best, median and worst held-out clips by the model's LVE."""
+    table = result.per_clip.sort_values("model_lve").reset_index(drop=True)
+    return {"best": table.clip_id.iloc[0], "median": table.clip_id.iloc[len(table) // 2], "worst": table.clip_id.iloc[-1]}
+
+
+def lip_trace(result, clip_id: str, processed: str | Path, label: str = ""):
+    """Inner-lip distance over time, truth against the model (and the nearest-audio baseline), waveform underneath."""
+    clip = result.load(clip_id)
+    fps = float(clip["fps"])
+    t = clip["frames"] / fps
+    fig, axes = plt.subplots(2, 1, figsize=(12, 3.8), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    axes[0].plot(t, regions.mouth_opening(clip["truth"]), color="black", label="truth (extracted mesh)")
+    axes[0].plot(t, regions.mouth_opening(clip["model"]), color="tab:blue", label="model")
+    axes[0].plot(t, regions.mouth_opening(clip["baseline_nearest_audio"]), color="tab:green", lw=0.7, alpha=0.6,
+                 label="nearest-audio baseline")
     axes[0].axhline(regions.mouth_opening(clip["neutral"]), color="tab:gray", ls="--", label="neutral")
-    axes[0].set(xlabel="seconds", ylabel="inner-lip gap (mesh units)", title=clip_id)
-    axes[0].legend()
-    for mesh_frame, colour, label in ((clip["target"][frame], "black", "truth"),
-                                      (clip["prediction"][frame], "tab:blue", "model"),
-                                      (clip["neutral"], "tab:gray", "neutral")):
-        lips = mesh_frame[regions.LIPS]
-        axes[1].scatter(lips[:, 0], lips[:, 1], s=8, color=colour, label=label)
-    axes[1].invert_yaxis()
-    axes[1].set_aspect("equal")
-    axes[1].set(title=f"lips, frame {frame}")
-    axes[1].legend(fontsize=7)
+    row = result.per_clip.set_index("clip_id").loc[clip_id]
+    axes[0].set(ylabel="inner-lip gap (mesh units)",
+                title=f"{label + ': ' if label else ''}{clip_id}  LVE {row.model_lve:.3f}, mouth corr {row.model_mouth_corr:.2f}")
+    axes[0].legend(fontsize=7, loc="upper right")
+    audio = store.load_clip(processed, clip_id, keys=("audio",))["audio"]
+    axes[1].plot(np.arange(len(audio)) / 16000, audio, color="tab:gray", lw=0.3)
+    axes[1].set(xlabel="seconds", ylabel="audio")
+    fig.tight_layout()
+    return fig
+
+
+def vertex_error_map(result):
+    """Mean per-vertex error of the model over all held-out frames, drawn on the mesh (front view)."""
+    total, count, neutral = 0.0, 0, None
+    for clip_id in result.per_clip.clip_id:
+        clip = result.load(clip_id)
+        total = total + np.linalg.norm(clip["model"] - clip["truth"], axis=-1).sum(0)
+        count += len(clip["truth"])
+        neutral = clip["neutral"] if neutral is None else neutral
+    error = total / max(count, 1)
+    fig, ax = plt.subplots(figsize=(4.6, 5))
+    points = ax.scatter(neutral[:, 0], neutral[:, 1], c=error, s=6, cmap="magma_r")
+    ax.invert_yaxis()
+    ax.set_aspect("equal")
+    ax.set(title="mean vertex error of the model (mesh units)", xticks=[], yticks=[])
+    fig.colorbar(points, ax=ax, shrink=0.8)
+    fig.tight_layout()
+    return fig
+
+
+def error_histograms(result):
+    """Per-frame lip error (the max over lip vertices) of the model and each baseline."""
+    errors: dict[str, list] = {name: [] for name in ("neutral", "mean_offset", "nearest_audio", "model")}
+    for clip_id in result.per_clip.clip_id:
+        clip = result.load(clip_id)
+        for name in errors:
+            prediction = np.broadcast_to(clip["neutral"], clip["truth"].shape) if name == "neutral" else \
+                clip["model" if name == "model" else f"baseline_{name}"]
+            errors[name].append(np.linalg.norm(prediction[:, regions.LIPS] - clip["truth"][:, regions.LIPS], axis=-1).max(1))
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    bins = np.linspace(0, max(np.concatenate(v).max() for v in errors.values()), 40)
+    for name, values in errors.items():
+        ax.hist(np.concatenate(values), bins=bins, histtype="step", lw=1.5, color=COLOURS[name], label=NAMES[name])
+    ax.set(xlabel="per-frame lip error (mesh units)", ylabel="frames")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

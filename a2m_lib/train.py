@@ -155,7 +155,7 @@ def batch_features(model: Audio2Mesh, batch: dict, device, augment: torch.Genera
         features = batch["features"].to(device, non_blocking=True)
     else:
         with torch.set_grad_enabled(torch.is_grad_enabled() and not model.frozen_features):
-            pieces = [model.frame_features(audio.to(device), n_frames)[start: start + length]
+            pieces = [model.frame_features(audio.to(device), n_frames, fps=batch["fps"])[start: start + length]
                       for audio, start, n_frames, length in zip(batch["audio"], batch["starts"], batch["clip_frames"],
                                                                 batch["lengths"])]
         features = torch.nn.utils.rnn.pad_sequence(pieces, batch_first=True)

@@ -1,0 +1,158 @@
+"""Meshes for new audio, and the trained model in AniPortrait's format.
+
+    a2m predict AUDIO --run RUN_DIR [--speaker S] [--reference CLIP:FRAME] --out OUT.npz [--video OUT.mp4] [--smooth 7]
+    a2m predict AUDIO --checkpoint CKPT --neutral NEUTRAL.npz --out OUT.npz
+    a2m export-aniportrait RUN_DIR OUT_DIR
+
+`predict_audio` reads any file ffmpeg reads (wav, mp3, m4a, a video with sound; any rate and channel count),
+runs the one inference path (Audio2Mesh.predict: long audio in overlapping windows) and writes
+OUT.npz: verts (T, V, 3) absolute meshes with T = ceil(seconds x fps), fps, and the reference used.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from . import files, media, regions, store
+from .config import config_from_dict
+from .model import Audio2Mesh, load_checkpoint, load_model
+
+
+class PredictError(ValueError):
+    """Bad input for prediction; the message names the file and the fix."""
+
+
+@dataclass
+class Prediction:
+    verts: np.ndarray   # (T, V, 3) absolute meshes, mesh units
+    fps: float
+    audio_seconds: float
+    seconds: float      # from the loaded model to the written file
+    path: Path
+
+    @property
+    def real_time_factor(self) -> float:
+        return self.audio_seconds / max(self.seconds, 1e-9)
+
+
+def read_speech(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
+    """Mono audio at `sample_rate` from any file ffmpeg reads, or a PredictError naming the file and the fix."""
+    path = Path(path)
+    if not path.exists():
+        raise PredictError(f"{path} does not exist; give the path of an audio file (wav, mp3, m4a) or a video with sound")
+    try:
+        streams = media.probe_streams(path)
+    except media.MediaError as error:
+        raise PredictError(f"{path} is not a readable media file ({error}); convert it to wav or mp3") from None
+    if not streams["has_audio"]:
+        raise PredictError(f"{path} has no audio stream; give a file with speech in it")
+    audio = media.read_audio(path, sample_rate)
+    if audio.size < sample_rate // 10:
+        raise PredictError(f"{path} holds {audio.size / sample_rate:.2f} s of audio; give at least 0.1 s of speech")
+    return audio
+
+
+def smooth(verts: np.ndarray, window: int) -> np.ndarray:
+    """Savitzky-Golay smoothing over time (window frames, odd, order 2), which AniPortrait's users apply."""
+    if window < 3:
+        return verts
+    from scipy.signal import savgol_filter
+
+    window = min(window | 1, len(verts) - (1 - len(verts) % 2))
+    return savgol_filter(verts, window, 2, axis=0) if window >= 3 else verts
+
+
+def predict_audio(model: Audio2Mesh, audio_path: str | Path, out_path: str | Path, base_mesh: np.ndarray,
+                  fps: float, speaker: str | None = None, reference_offsets: np.ndarray | None = None,
+                  smooth_frames: int = 0, video_path: str | Path | None = None, sample_rate: int = 16000) -> Prediction:
+    """Audio file -> OUT.npz of absolute meshes (base_mesh + predicted offsets); optionally a video with the audio."""
+    audio = read_speech(audio_path, sample_rate)
+    started = time.time()
+    n_frames = store.expected_frames(len(audio), sample_rate, fps)
+    offsets = model.predict(audio, n_frames, speaker=speaker, reference=reference_offsets, sample_rate=sample_rate, fps=fps)
+    verts = smooth(base_mesh[None] + offsets, smooth_frames).astype(np.float32)
+    out_path = Path(out_path)
+    with files.atomic_path(out_path) as tmp:
+        np.savez(tmp, verts=verts, fps=fps, reference=base_mesh, speaker=speaker or "", units="mesh units (~cm)")
+    result = Prediction(verts=verts, fps=fps, audio_seconds=len(audio) / sample_rate, seconds=time.time() - started,
+                        path=out_path)
+    if video_path:
+        from . import render
+
+        render.render_meshes(video_path, {"model": verts}, fps, audio, sample_rate, side_view=True)
+    return result
+
+
+def prepare(run: str | Path | None, checkpoint: str | Path | None, neutral: str | Path | None, speaker: str | None,
+            reference: str | None, device: str = "cpu") -> dict:
+    """Model, base mesh, speaker, reference offsets and fps for `a2m predict`, from a run or a checkpoint + neutral."""
+    if (run is None) == (checkpoint is None):
+        raise PredictError("give either --run RUN_DIR, or --checkpoint CKPT with --neutral NEUTRAL.npz")
+    checkpoint = Path(checkpoint) if checkpoint else Path(run) / "checkpoints" / "best.pt"
+    model = load_model(checkpoint, device)
+    saved_config = load_checkpoint(checkpoint).get("config") if checkpoint.is_file() else None
+    cfg = config_from_dict(saved_config) if saved_config else None
+    fps = cfg.data.fps if cfg else 30.0
+    if speaker is None and model.speakers:
+        if len(model.speakers) > 1 and (model.speaker_embedding is not None or neutral is None):
+            raise PredictError(f"{checkpoint} knows speakers {', '.join(model.speakers)}; choose one with --speaker")
+        speaker = model.speakers[0]
+    if speaker is not None and model.speakers and speaker not in model.speakers and model.speaker_embedding is not None:
+        raise PredictError(f"unknown speaker '{speaker}' for {checkpoint}; choose one of {', '.join(model.speakers)}")
+    if neutral is None:
+        neutral = Path(run) / "neutral" / f"{speaker}.npz"
+        if not neutral.exists():
+            raise PredictError(f"{neutral} does not exist: speaker '{speaker}' has no neutral in {run}; "
+                               f"choose --speaker from {', '.join(model.speakers)} or give --neutral")
+    base = store.load_neutral(neutral)["mesh"][: model.cfg.n_vertices]
+    reference_offsets = None
+    if reference:
+        if cfg is None:
+            raise PredictError("--reference CLIP:FRAME needs --run (the clip store it names comes from the run's config)")
+        clip_id, _, frame = reference.rpartition(":")
+        mesh = store.load_clip(cfg.data.processed, clip_id, keys=("mesh",))["mesh"][int(frame), : model.cfg.n_vertices]
+        if not np.isfinite(mesh).all():
+            raise PredictError(f"--reference {reference}: that frame has no face; choose another frame")
+        reference_offsets, base = mesh - base, mesh
+    return dict(model=model, base_mesh=base, speaker=speaker, reference_offsets=reference_offsets, fps=fps)
+
+
+# ----------------------------------------------------------------------------------- AniPortrait export
+
+class ExportError(ValueError):
+    """The model cannot be mapped onto AniPortrait's Audio2MeshModel; the message says why."""
+
+
+def export_aniportrait(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "best") -> dict:
+    """Write OUT_DIR/audio2mesh.pt (a state dict for AniPortrait's Audio2MeshModel), OUT_DIR/wav2vec2/ (the audio
+    encoder's config and weights, for `model_path`), and OUT_DIR/inference_audio.yaml (their a2m_model section)."""
+    path = Path(run_dir) / "checkpoints" / f"{checkpoint}.pt"
+    model = load_model(path)
+    reasons = []
+    if model.cfg.encoder == "mel":
+        reasons.append("its audio encoder is the mel encoder (AniPortrait's is a Wav2Vec2Model)")
+    if model.cfg.n_vertices != regions.N_LANDMARKS:
+        reasons.append(f"it predicts {model.cfg.n_vertices} vertices (AniPortrait: 468, 1404 outputs)")
+    if model.speaker_embedding is not None:
+        reasons.append("it has a speaker embedding (AniPortrait's model has none)")
+    if model.reference_fn is not None:
+        reasons.append("it was trained with a dynamic reference (AniPortrait's model takes no reference)")
+    if reasons:
+        raise ExportError(f"cannot export {path} to AniPortrait: " + "; ".join(reasons))
+    out_dir = Path(out_dir)
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+    with files.atomic_path(out_dir / "audio2mesh.pt") as tmp:
+        torch.save(state, tmp)
+    model.audio_encoder.save_pretrained(out_dir / "wav2vec2")
+    settings = {"a2m_model": {"out_dim": model.cfg.n_vertices * 3, "latent_dim": model.cfg.latent_dim,
+                              "model_path": str((out_dir / "wav2vec2").resolve()),
+                              "only_last_fetures": model.cfg.only_last_features,  # their spelling
+                              "from_pretrained": False},  # the weights come with audio2mesh.pt
+                "a2m_ckpt": str((out_dir / "audio2mesh.pt").resolve())}
+    files.write_text(out_dir / "inference_audio.yaml", yaml.safe_dump(settings, sort_keys=False))
+    return settings
