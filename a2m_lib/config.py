@@ -94,6 +94,7 @@ class ModelConfig:
     latent_dim: int = 512
     n_vertices: int = 468
     speaker_embedding: bool = False  # a learned vector per training speaker added to the latent (FaceFormer's style)
+    speaker_normalisation: bool = False  # outputs = speaker's mean offset + speaker's spread x head (see model.py)
     # Sizes of the "scratch" encoder (a small Wav2Vec2 trained from random weights, for offline runs).
     scratch_hidden: int = 128
     scratch_layers: int = 2

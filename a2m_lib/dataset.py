@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import files, store
+from . import files, regions, store
 from .model import normalise_audio
 
 
@@ -143,7 +143,7 @@ class ClipDataset(torch.utils.data.Dataset):
         frames = slice(start, start + length)
         offsets = np.nan_to_num(example.mesh[frames] - base).astype(np.float32)              # (T, V, 3)
         loudness = frame_loudness(example.audio, self.sample_rate, example.fps, n_frames)
-        sample = dict(clip_id=clip_id, speaker_id=self.speakers.index(speaker) if speaker in self.speakers else 0,
+        sample = dict(clip_id=clip_id, speaker_id=self.speakers.index(speaker) if speaker in self.speakers else len(self.speakers),
                       offsets=torch.from_numpy(offsets), valid=torch.from_numpy(example.valid[frames].copy()),
                       silent=torch.from_numpy(silent_frames(loudness)[frames].copy()),
                       reference=torch.from_numpy((base - neutral).astype(np.float32)))
@@ -153,6 +153,23 @@ class ClipDataset(torch.utils.data.Dataset):
             sample.update(audio=torch.from_numpy(normalise_audio(example.audio)), start=start, n_clip_frames=n_frames,
                           fps=example.fps)
         return sample
+
+
+def speaker_statistics(processed, clips: pd.DataFrame, neutrals: dict[str, np.ndarray], n_vertices: int
+                       ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Per speaker, the mean offset from the neutral (V, 3) and the spread of the lips around it (RMS, mesh units)."""
+    sums: dict[str, list] = {}
+    for row in clips.itertuples():
+        example = store.load_example(processed, row.clip_id, n_vertices=n_vertices, audio=False)
+        offsets = example.mesh[example.valid] - neutrals[row.speaker][:n_vertices]
+        sums.setdefault(row.speaker, []).append(offsets)
+    mean, scale = {}, {}
+    for speaker, parts in sums.items():
+        offsets = np.concatenate(parts)
+        mean[speaker] = offsets.mean(0)
+        lips = regions.LIPS if n_vertices >= regions.N_LANDMARKS else slice(None)
+        scale[speaker] = float(np.sqrt(np.square(offsets[:, lips] - mean[speaker][lips]).sum(-1).mean()) + 1e-6)
+    return mean, scale
 
 
 def collate(batch: list[dict]) -> dict:

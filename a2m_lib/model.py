@@ -69,10 +69,12 @@ def interpolate_frames(features: torch.Tensor, n_frames: int) -> torch.Tensor:
     return F.interpolate(features[None], size=n_frames, mode="linear", align_corners=True)[0].T
 
 
-def log_mel(audio: np.ndarray, sample_rate: int, n_mels: int, n_frames: int, fps: float = 30.0) -> np.ndarray:
+def log_mel(audio: np.ndarray, sample_rate: int, n_mels: int, n_frames: int, fps: float = 30.0,
+            standardise: bool = False) -> np.ndarray:
     """(samples,) -> (n_frames, n_mels) float32: log-mel energies every 10 ms (25 ms windows), read at each video
     frame's centre time, (t + 0.5) / fps. By time rather than by stretching the whole clip: a window of a long
-    recording then gives exactly the frames of a single pass (see Audio2Mesh.predict)."""
+    recording then gives exactly the frames of a single pass (see Audio2Mesh.predict). `standardise`: each band
+    to zero mean and unit variance over the recording (removes microphone and room colouring)."""
     import librosa
 
     hop = int(MEL_HOP_SECONDS * sample_rate)
@@ -81,6 +83,8 @@ def log_mel(audio: np.ndarray, sample_rate: int, n_mels: int, n_frames: int, fps
         n_mels=n_mels, fmin=40, fmax=sample_rate // 2 - 400)                       # (mels, 1 + samples // hop)
     mel = np.log(power + 1e-6).T                                                    # frame k centred at k * hop
     where = (np.arange(n_frames) + 0.5) / fps * sample_rate / hop
+    if standardise:
+        mel = (mel - mel.mean(0)) / (mel.std(0) + 1e-3)
     columns = np.arange(len(mel))
     return np.stack([np.interp(where, columns, band) for band in mel.T], axis=1).astype(np.float32)
 
@@ -160,6 +164,13 @@ class Audio2Mesh(nn.Module):
         self.out_fn = nn.Linear(cfg.latent_dim, n_outputs)
         nn.init.zeros_(self.out_fn.weight)  # an untrained model predicts the reference: the baseline to beat
         nn.init.zeros_(self.out_fn.bias)
+        if cfg.speaker_normalisation:
+            # per training speaker (and a last row for any other speaker: their average), the mean offset and its
+            # spread: outputs are mean + spread x out_fn(...), so every speaker's motion is learnt on one scale
+            # and an untrained model predicts each speaker's mean offset. Set by training (set_speaker_statistics).
+            rows = len(self.speakers) + 1
+            self.register_buffer("offset_mean", torch.zeros(rows, cfg.n_vertices, 3))
+            self.register_buffer("offset_scale", torch.ones(rows))
 
     # ------------------------------------------------------------------ what the encoder sees
     @property
@@ -175,7 +186,7 @@ class Audio2Mesh(nn.Module):
     def features_id(self) -> str:
         """Names what frame_features computes (the weights of a frozen CNN, or the mel settings): the cache key."""
         if self.cfg.encoder == "mel":
-            text = f"mel-by-time:{self.cfg.mel_bands}:{MEL_HOP_SECONDS}:{MEL_WINDOW_SECONDS}"
+            text = f"mel-by-time-standardised:{self.cfg.mel_bands}:{MEL_HOP_SECONDS}:{MEL_WINDOW_SECONDS}"
         else:
             digest = hashlib.sha256()
             for name, tensor in sorted(self.audio_encoder.feature_extractor.state_dict().items()):
@@ -187,7 +198,7 @@ class Audio2Mesh(nn.Module):
     def frame_features(self, audio: torch.Tensor, n_frames: int, sample_rate: int = 16000, fps: float = 30.0) -> torch.Tensor:
         """One clip's normalised audio (samples,) -> its encoder input at the video frame rate, (n_frames, C)."""
         if self.cfg.encoder == "mel":
-            mel = log_mel(audio.detach().cpu().numpy(), sample_rate, self.cfg.mel_bands, n_frames, fps)
+            mel = log_mel(audio.detach().cpu().numpy(), sample_rate, self.cfg.mel_bands, n_frames, fps, standardise=True)
             return torch.from_numpy(mel).to(audio.device)
         cnn = self.audio_encoder.feature_extractor(audio[None])[0]                        # (C, T_audio) at ~50 Hz
         return interpolate_frames(cnn, n_frames)                                           # (n_frames, C)
@@ -205,7 +216,19 @@ class Audio2Mesh(nn.Module):
             latent = latent + self.speaker_embedding(speaker_ids)[:, None]
         if self.reference_fn is not None:
             latent = latent + self.reference_fn(reference.flatten(1))[:, None]
-        return self.out_fn(latent).view(*features.shape[:2], self.cfg.n_vertices, 3)       # (B, T, V, 3)
+        offsets = self.out_fn(latent).view(*features.shape[:2], self.cfg.n_vertices, 3)    # (B, T, V, 3)
+        if self.cfg.speaker_normalisation:
+            rows = speaker_ids if speaker_ids is not None else torch.full((len(offsets),), len(self.speakers), device=offsets.device)
+            offsets = self.offset_mean[rows][:, None] + self.offset_scale[rows][:, None, None, None] * offsets
+        return offsets
+
+    def set_speaker_statistics(self, mean: dict[str, np.ndarray], scale: dict[str, float]) -> None:
+        """Per-speaker mean offset (V, 3) and spread (mesh units), from the training clips."""
+        for row, speaker in enumerate(self.speakers):
+            self.offset_mean[row] = torch.as_tensor(mean[speaker], dtype=torch.float32)
+            self.offset_scale[row] = float(scale[speaker])
+        self.offset_mean[-1] = self.offset_mean[:-1].mean(0)
+        self.offset_scale[-1] = self.offset_scale[:-1].mean()
 
     def _transformer(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         hidden, _ = self.audio_encoder.feature_projection(features)                       # (B, T, hidden)
@@ -227,11 +250,12 @@ class Audio2Mesh(nn.Module):
 
     # ------------------------------------------------------------------ inference
     def speaker_index(self, speaker: str | None) -> int:
-        if self.speaker_embedding is None:
-            return 0
-        if speaker not in self.speakers:
+        """The speaker's row; a speaker not in training gets the average row (not possible with an embedding)."""
+        if speaker in self.speakers:
+            return self.speakers.index(speaker)
+        if self.speaker_embedding is not None:
             raise ValueError(f"unknown speaker {speaker!r}; this model knows {', '.join(self.speakers)} (--speaker)")
-        return self.speakers.index(speaker)
+        return len(self.speakers) if self.cfg.speaker_normalisation else 0
 
     @torch.no_grad()
     def predict(self, audio: np.ndarray, n_frames: int, speaker: str | None = None, reference: np.ndarray | None = None,
@@ -255,15 +279,20 @@ class Audio2Mesh(nn.Module):
         spf = sample_rate / fps
         output = np.zeros((n_frames, self.cfg.n_vertices, 3), np.float32)
         weight = np.zeros(n_frames, np.float32)
+        whole = None  # log-mel is cheap: computed once over the whole input, so windows see its standardisation
+        if self.cfg.encoder == "mel":
+            whole = self.frame_features(torch.from_numpy(normalised).to(device), n_frames, sample_rate, fps)
         starts = [0] if n_frames <= window else list(range(0, n_frames - overlap, window - overlap))
         for start in starts:
             end = min(start + window, n_frames)
-            first, last = int(round(start * spf)), int(round(end * spf))
-            piece = np.zeros(max(last - first, 400), np.float32)  # audio may end early; the CNN needs 400 samples
-            available = normalised[first:last]
-            piece[: len(available)] = available
-            piece = torch.from_numpy(piece).to(device)
-            features = self.frame_features(piece, end - start, sample_rate, fps)[None]                 # (1, T, C)
+            if whole is not None:
+                features = whole[start:end][None]                                                      # (1, T, C)
+            else:
+                first, last = int(round(start * spf)), int(round(end * spf))
+                piece = np.zeros(max(last - first, 400), np.float32)  # audio may end early; the CNN needs 400 samples
+                available = normalised[first:last]
+                piece[: len(available)] = available
+                features = self.frame_features(torch.from_numpy(piece).to(device), end - start, sample_rate, fps)[None]
             mask = torch.ones(1, end - start, dtype=torch.bool, device=device)
             offsets = self(features, mask, speaker_ids, ref)[0].float().cpu().numpy()                 # (T, V, 3)
             ramp = np.ones(end - start, np.float32)

@@ -142,6 +142,8 @@ def export_aniportrait(run_dir: str | Path, out_dir: str | Path, checkpoint: str
         reasons.append("it has a speaker embedding (AniPortrait's model has none)")
     if model.reference_fn is not None:
         reasons.append("it was trained with a dynamic reference (AniPortrait's model takes no reference)")
+    if model.cfg.speaker_normalisation:
+        reasons.append("it scales its outputs per speaker (model.speaker_normalisation; AniPortrait's model does not)")
     if reasons:
         raise ExportError(f"cannot export {path} to AniPortrait: " + "; ".join(reasons))
     out_dir = Path(out_dir)

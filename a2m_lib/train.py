@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from . import files, regions, store
 from .config import Config
-from .dataset import ClipDataset, EpochBatches, FeatureCache, collate, split_clips
+from .dataset import ClipDataset, EpochBatches, FeatureCache, collate, speaker_statistics, split_clips
 from .model import Audio2Mesh, load_checkpoint, resolve_device
 
 # Training keys that change only speed or bookkeeping, not the weights: a resumed run may differ in these.
@@ -159,12 +159,12 @@ def batch_features(model: Audio2Mesh, batch: dict, device, augment: torch.Genera
                       for audio, start, n_frames, length in zip(batch["audio"], batch["starts"], batch["clip_frames"],
                                                                 batch["lengths"])]
         features = torch.nn.utils.rnn.pad_sequence(pieces, batch_first=True)
-    if augment is not None:  # log-mel: a random gain per clip, noise, and a masked band (SpecAugment-like)
+    if augment is not None:  # standardised log-mel: a random tilt per clip, noise, a masked band (SpecAugment-like)
         shape = features.shape
-        features = features + torch.empty(shape[0], 1, 1).uniform_(-1.5, 1.5, generator=augment).to(device)
-        features = features + 0.3 * torch.randn(shape, generator=augment).to(device)
+        tilt = torch.linspace(-1, 1, shape[2])[None, None] * torch.empty(shape[0], 1, 1).uniform_(-0.3, 0.3, generator=augment)
+        features = features + (tilt + 0.2 * torch.randn(shape, generator=augment)).to(device)
         band = int(torch.randint(0, max(1, shape[2] - 8), (1,), generator=augment))
-        features[:, :, band: band + 8] = features.mean()
+        features[:, :, band: band + 8] = 0.0
     return features
 
 
@@ -300,7 +300,12 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True) -> TrainResul
         with files.atomic_path(run_dir / "splits.csv") as tmp:
             splits[split_columns].to_csv(tmp, index=False)
 
+    if cfg.model.speaker_embedding and cfg.data.split_by == "speaker":
+        raise ValueError("model.speaker_embedding cannot serve held-out speakers (data.split_by=speaker); "
+                         "use model.speaker_normalisation, or data.split_by=clip")
     model = Audio2Mesh(cfg.model, speakers, tcfg.reference).to(device)
+    if cfg.model.speaker_normalisation:
+        model.set_speaker_statistics(*speaker_statistics(cfg.data.processed, train_clips, neutrals, cfg.model.n_vertices))
     cache = FeatureCache(cfg.data.processed, model, cfg.data.sample_rate) if model.frozen_features and tcfg.cache_features else None
     common = dict(processed=cfg.data.processed, neutrals=neutrals, n_vertices=cfg.model.n_vertices,
                   sample_rate=cfg.data.sample_rate, speakers=speakers, seed=cfg.seed, features=cache, reference=tcfg.reference)

@@ -46,12 +46,17 @@ def test_all_notebooks_run_and_leave_a_record(demo_run):
     assert load_config(run_dir / "config.yaml") == config_from_dict(saved["config"])  # the run can be repeated
 
 
-def test_the_model_beats_the_neutral_baseline(demo_run):
+def test_the_model_beats_the_baselines_and_notebook_05_shows_renders(demo_run):
     run_dir, _, _ = demo_run
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["split"] == "test" and metrics["n_clips"] >= 2
     assert metrics["model"]["lve"] <= 0.5 * metrics["baselines"]["neutral"]["lve"], metrics
-    assert metrics["model"]["mouth_corr"] > 0.8
+    assert metrics["model"]["lve"] < metrics["baselines"]["mean_offset"]["lve"] and not metrics["failures"], metrics["failures"]
+    assert metrics["model"]["mouth_corr"] > 0.8 and 0.5 < metrics["model"]["motion_ratio"] < 1.5
+    assert len(list((run_dir / "predictions").glob("*.npz"))) == metrics["n_clips"]
+    book = nbformat.read(run_dir / "notebooks" / "05_evaluate.ipynb", as_version=4)
+    videos = [o for c in book.cells for o in c.get("outputs", []) if "<video" in str(o.get("data", {}).get("text/html", ""))]
+    assert len(videos) == 3 and len(list((run_dir / "renders").glob("*.mp4"))) == 3
 
 
 def test_only_reruns_one_stage_in_place(demo_run):

@@ -154,3 +154,24 @@ def test_collapse_is_reported_loudly(processed, qa_run, accepted, tmp_path):
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     log = pd.read_csv(run_dir / "train_log.csv")
     assert {"val_loss[speaker=spk0]", "val_loss[speaker=spk1]", "val_motion_ratio", "lr"} <= set(log.columns)
+
+
+def test_real_recipes_train_offline_and_the_pretrained_one_never_falls_back(processed, qa_run, accepted, tmp_path):
+    """configs/real.yaml (mel) and configs/real_w2v.yaml (pretrained wav2vec2, here a tiny locally saved one)."""
+    from transformers import Wav2Vec2Model
+
+    from a2m_lib.config import ModelConfig
+    from a2m_lib.model import EncoderLoadError, scratch_encoder_config
+
+    tiny = tmp_path / "tiny_w2v2"
+    Wav2Vec2Model(scratch_encoder_config(ModelConfig(encoder="scratch", scratch_hidden=32, scratch_layers=1,
+                                                     scratch_conv_channels=16))).save_pretrained(tiny)
+    small = {"data.processed": str(processed), "train.epochs": 1, "model.latent_dim": 16}
+    for recipe, extra in (("real.yaml", {"model.mel_hidden": 32}), ("real_w2v.yaml", {"model.pretrained": str(tiny)})):
+        run_dir = _prepared_run(tmp_path / recipe, processed, qa_run, accepted)
+        cfg = load_config(REPO / "configs" / recipe, {**small, **extra})
+        result = train.train(cfg, run_dir, progress=False)
+        assert len(result.history) == 1 and load_model(run_dir / "checkpoints" / "last.pt").cfg.encoder == cfg.model.encoder
+    with pytest.raises(EncoderLoadError, match="model.encoder=mel"):
+        train.train(load_config(REPO / "configs" / "real_w2v.yaml", {**small, "model.pretrained": str(tmp_path / "absent")}),
+                    _prepared_run(tmp_path / "absent_run", processed, qa_run, accepted), progress=False)
