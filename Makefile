@@ -26,6 +26,8 @@ lab: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/extraction.py
+	$(VENV)/bin/python benchmarks/training.py
+	$(VENV)/bin/python benchmarks/real_footage.py
 
 clean:
-	rm -rf runs/demo data/raw/demo data/processed/demo
+	rm -rf runs/demo data/raw/demo data/processed/demo runs/real data/raw/real data/processed/real

@@ -4,8 +4,9 @@
     batches = EpochBatches(len(dataset), batch_size=8, seed=0)     # the order of an epoch, resumable mid-epoch
 
 Each epoch mixes whole clips and random sub-clips of at least `min_subclip_frames` frames, in the ratio
-`whole_clip_fraction`. A sub-clip is a slice of the clip's frame features (see a2m_lib.model), so the
-frozen part of the encoder runs once per clip (FeatureCache) and a sub-clip's audio covers exactly its frames.
+`whole_clip_fraction`. With frozen frame features (a frozen CNN, or log-mel) a sub-clip is a slice of the
+clip's features (see a2m_lib.model), so they are computed once per clip (FeatureCache); a CNN being trained
+runs on the sub-clip's own audio, cut to exactly its frames, as in AniPortrait.
 Every random choice is a function of (seed, epoch, sample index), so an epoch is the same whether it runs in
 one go, resumes after a crash, or is split across DDP processes. Clips are read from the store when a sample
 is drawn (store.load_example), not held in memory; cached features are memory-mapped.
@@ -99,7 +100,7 @@ class ClipDataset(torch.utils.data.Dataset):
     def __init__(self, processed, clips: pd.DataFrame, neutrals: dict[str, np.ndarray], n_vertices: int,
                  sample_rate: int = 16000, speakers: list[str] | None = None, whole_clip_fraction: float = 1.0,
                  min_subclip_frames: int = 10, seed: int = 0, features: FeatureCache | None = None,
-                 reference: str = "neutral"):
+                 reference: str = "neutral", cut_audio: bool = False):
         self.processed, self.neutrals, self.n_vertices, self.sample_rate = Path(processed), neutrals, n_vertices, sample_rate
         self.rows = [(row.clip_id, row.speaker, int(getattr(row, "audio_shift_frames", 0) or 0)) for row in clips.itertuples()]
         for clip_id, speaker, _ in self.rows:
@@ -108,6 +109,7 @@ class ClipDataset(torch.utils.data.Dataset):
         self.speakers = list(speakers or sorted({speaker for _, speaker, _ in self.rows}))
         self.whole_clip_fraction, self.min_subclip_frames = whole_clip_fraction, min_subclip_frames
         self.seed, self.epoch, self.features, self.reference = seed, 0, features, reference
+        self.cut_audio = cut_audio  # a trained CNN sees only the sub-clip's audio (AniPortrait's slices)
         self.reference_pool = self._reference_pool() if reference == "random_frame" else {}
 
     def _reference_pool(self, per_clip: int = 8) -> dict[str, np.ndarray]:
@@ -149,7 +151,15 @@ class ClipDataset(torch.utils.data.Dataset):
                       reference=torch.from_numpy((base - neutral).astype(np.float32)))
         if self.features is not None:
             sample["features"] = torch.from_numpy(np.array(self.features.get(example)[frames], np.float32))
-        else:  # the encoder's frame features are computed on the whole clip during the step, then sliced
+        elif self.cut_audio:  # a CNN being trained runs on the sub-clip's own audio: exactly its frames
+            audio = normalise_audio(example.audio)
+            spf = example.samples_per_frame
+            first, last = int(round(start * spf)), int(round((start + length) * spf))
+            piece = np.zeros(last - first, np.float32)
+            available = audio[first:last]
+            piece[: len(available)] = available  # the audio may end up to a frame early
+            sample.update(audio=torch.from_numpy(piece), start=0, n_clip_frames=length, fps=example.fps)
+        else:  # frozen features not cached: computed on the whole clip during the step, then sliced, as the cache does
             sample.update(audio=torch.from_numpy(normalise_audio(example.audio)), start=start, n_clip_frames=n_frames,
                           fps=example.fps)
         return sample

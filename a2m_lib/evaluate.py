@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from . import files, metrics, store
 from .config import Config
-from .model import Audio2Mesh, load_model, log_mel, resolve_device
+from .model import ENCODER_LABELS, Audio2Mesh, load_model, log_mel, resolve_device
 
 BASELINES = ("neutral", "mean_offset", "nearest_audio")
 PREDICTION_KEYS = {
@@ -224,7 +224,7 @@ def evaluate(cfg: Config, run_dir: str | Path, split: str | None = None, checkpo
     for stale in predictions.glob("*.npz"):
         stale.unlink()
     predict_clips(model, clips, processed, neutrals, training, predictions, cfg.data.sample_rate, cfg.seed, progress)
-    summary = score(predictions, split, dict(checkpoint=str(checkpoint_path), encoder=model.describe()["model_config"]["encoder"],
+    summary = score(predictions, split, dict(checkpoint=str(checkpoint_path), encoder=ENCODER_LABELS[model.cfg.encoder],
                                              reference=model.reference))
     files.write_json(out_dir / "metrics.json", summary)
     return EvalResult(summary=summary, per_clip=pd.DataFrame(summary["per_clip"]), predictions=predictions)

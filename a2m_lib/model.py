@@ -51,6 +51,11 @@ MESH_UNITS = "mesh units (~cm): pose-free MediaPipe meshes, outer eye corners 9.
 MEL_HOP_SECONDS, MEL_WINDOW_SECONDS = 0.01, 0.025
 
 
+ENCODER_LABELS = {"wav2vec2": "wav2vec2 (pretrained)",
+                  "scratch": "scratch: a small Wav2Vec2 trained from random weights (untrained, no pretraining)",
+                  "mel": "mel: log-mel + temporal convolutions (no pretraining)"}
+
+
 class UnsafeModelFileError(ValueError):
     """A model file that could only be loaded by running code from it (arbitrary unpickling)."""
 
@@ -104,12 +109,13 @@ def scratch_encoder_config(cfg: ModelConfig) -> Wav2Vec2Config:
 
 class MelEncoder(nn.Module):
     """Log-mel frames -> a stack of residual dilated 1-D convolutions over time. Padded frames are zeroed before
-    every convolution, so a clip padded in a batch gives what it gives alone."""
+    every convolution, so a clip padded in a batch gives what it gives alone. No normalisation across the bands
+    of a frame before the first layer: the frames are already standardised per band over the recording, and
+    a per-frame norm would erase loudness, the strongest cue for an open or closed mouth."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.hidden_size = cfg.mel_hidden
-        self.norm_in = nn.LayerNorm(cfg.mel_bands)
         self.proj = nn.Linear(cfg.mel_bands, cfg.mel_hidden)
         self.convs = nn.ModuleList(
             nn.Conv1d(cfg.mel_hidden, cfg.mel_hidden, cfg.mel_kernel, dilation=2 ** i, padding=(cfg.mel_kernel - 1) // 2 * 2 ** i)
@@ -119,7 +125,7 @@ class MelEncoder(nn.Module):
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # (B, T, mels), (B, T)
         keep = mask[..., None].to(features.dtype)
-        hidden = self.proj(self.norm_in(features)) * keep                                   # (B, T, hidden)
+        hidden = self.proj(features) * keep                                                 # (B, T, hidden)
         for conv, norm in zip(self.convs, self.norms):
             update = conv((hidden * keep).transpose(1, 2)).transpose(1, 2)                  # (B, T, hidden)
             hidden = hidden + self.dropout(F.gelu(norm(update)))

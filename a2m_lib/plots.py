@@ -222,3 +222,22 @@ def error_histograms(result):
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def look_and_listen(result, processed: str | Path, run_dir: str | Path) -> dict[str, Path]:
+    """For the best, median and worst clips: show the lip trace, render truth | model with the audio to
+    run_dir/renders/<clip>.mp4 and embed it (notebook 05). Returns the videos."""
+    from IPython.display import Video, display
+
+    from . import render
+
+    shifts = pd.read_csv(Path(run_dir) / "splits.csv").set_index("clip_id").audio_shift_frames
+    videos = {}
+    for label, clip_id in chosen_clips(result).items():
+        figure = lip_trace(result, clip_id, processed, label)
+        display(figure)
+        plt.close(figure)
+        videos[label] = render.render_prediction_file(result.predictions / f"{clip_id}.npz", processed,
+                                                      Path(run_dir) / "renders" / f"{clip_id}.mp4", int(shifts.get(clip_id, 0)))
+        display(Video(str(videos[label]), embed=True, width=960, html_attributes="controls"))
+    return videos

@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from . import files, regions, store
 from .config import Config
 from .dataset import ClipDataset, EpochBatches, FeatureCache, collate, speaker_statistics, split_clips
-from .model import Audio2Mesh, load_checkpoint, resolve_device
+from .model import ENCODER_LABELS, Audio2Mesh, load_checkpoint, resolve_device
 
 # Training keys that change only speed or bookkeeping, not the weights: a resumed run may differ in these.
 RESUMABLE_CHANGES = {"device", "num_workers", "num_threads", "processes", "resume", "validate_every",
@@ -67,6 +67,7 @@ class TrainResult:
     motion_ratio: float = float("nan")  # predicted / true motion std on validation, last epoch
     collapsed: bool = False  # motion_ratio below train.collapse_ratio
     warning: str = ""
+    encoder: str = ""  # which encoder, and whether it was pretrained (ENCODER_LABELS)
 
 
 @dataclass
@@ -308,7 +309,8 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True) -> TrainResul
         model.set_speaker_statistics(*speaker_statistics(cfg.data.processed, train_clips, neutrals, cfg.model.n_vertices))
     cache = FeatureCache(cfg.data.processed, model, cfg.data.sample_rate) if model.frozen_features and tcfg.cache_features else None
     common = dict(processed=cfg.data.processed, neutrals=neutrals, n_vertices=cfg.model.n_vertices,
-                  sample_rate=cfg.data.sample_rate, speakers=speakers, seed=cfg.seed, features=cache, reference=tcfg.reference)
+                  sample_rate=cfg.data.sample_rate, speakers=speakers, seed=cfg.seed, features=cache, reference=tcfg.reference,
+                  cut_audio=not model.frozen_features)
     train_set = ClipDataset(clips=train_clips, whole_clip_fraction=tcfg.whole_clip_fraction,
                             min_subclip_frames=tcfg.min_subclip_frames, **common)
     val_set = ClipDataset(clips=val_clips, **common)
@@ -406,6 +408,7 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True) -> TrainResul
         if writer is not None:
             writer.close()
     result = _summary(history, best, str(device), time.time() - started, tcfg.collapse_ratio)
+    result.encoder = ENCODER_LABELS[cfg.model.encoder] + (f": {cfg.model.pretrained}" if cfg.model.encoder == "wav2vec2" else "")
     if procs.main:
         files.write_json(run_dir / "train_summary.json", dataclasses.asdict(result) | dict(history=None))
     if result.warning:

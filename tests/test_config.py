@@ -5,7 +5,8 @@ from a2m_lib.config import ConfigError, config_from_dict, load_config, parse_ove
 
 def test_demo_and_reference_configs_load(cfg):
     reference = load_config("configs/aniportrait.yaml")
-    assert reference.model.encoder == "facebook/wav2vec2-base-960h"
+    assert reference.model.encoder == "wav2vec2" and reference.model.pretrained == "facebook/wav2vec2-base-960h"
+    assert reference.model.only_last_features and reference.model.n_vertices * 3 == 1404
     assert reference.data.fps == 30 and reference.model.latent_dim == 512 and reference.model.n_vertices == 468
     assert 0 < reference.train.whole_clip_fraction < 1
     assert reference.train.min_subclip_frames == 10

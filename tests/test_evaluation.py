@@ -164,3 +164,13 @@ def test_export_loads_strictly_into_aniportraits_layout(trained_run, tmp_path):
     torch.save(dict(mel.describe(), model=mel.state_dict()), mel_run / "checkpoints" / "best.pt")
     with pytest.raises(predict.ExportError, match="mel encoder"):
         predict.export_aniportrait(mel_run, tmp_path / "no")
+
+
+def test_evaluate_on_another_store_from_the_command_line(trained_run, processed):
+    run_dir, _ = trained_run
+    result = _a2m("evaluate", run_dir, "--data", processed)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "held-out" in result.stdout and "LVE model" in result.stdout
+    other = run_dir / f"eval_{processed.name}"
+    saved = json.loads((other / "metrics.json").read_text())
+    assert saved["n_clips"] == len(store.accepted_clips(other)) and (other / "neutral" / "spk0.npz").exists()

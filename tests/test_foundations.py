@@ -74,7 +74,7 @@ def test_relative_config_paths_resolve_against_the_project_root(tmp_path, monkey
     assert Path(cfg.data.processed) == files.PROJECT_ROOT / "data" / "processed" / "demo"
     assert cfg.model.encoder == "scratch" and cfg.neutral.neutral == "auto"
     hub = config.load_config("configs/aniportrait.yaml")
-    assert hub.model.encoder == "facebook/wav2vec2-base-960h"  # a hub id stays a hub id
+    assert hub.model.pretrained == "facebook/wav2vec2-base-960h"  # a hub id stays a hub id
     assert config.load_config(None, {"data.raw": str(tmp_path)}).data.raw == str(tmp_path)
 
 
@@ -198,5 +198,17 @@ def test_a_crafted_checkpoint_is_refused_by_every_loader_and_runs_nothing(tmp_pa
     # resuming training
     with pytest.raises(model.UnsafeModelFileError, match="last.pt"):
         train.train(dataclasses.replace(cfg, model=tiny.cfg), run_dir, progress=False)
+    # a2m predict (--run and --checkpoint) and the AniPortrait export
+    from a2m_lib import predict
+
+    with pytest.raises(model.UnsafeModelFileError):
+        predict.prepare(run_dir, None, None, "spk0", None)
+    with pytest.raises(model.UnsafeModelFileError):
+        predict.prepare(None, run_dir / "checkpoints" / "last.pt", run_dir / "neutral" / "spk0.npz", None, None)
+    with pytest.raises(model.UnsafeModelFileError):
+        predict.export_aniportrait(run_dir, tmp_path / "export")
+    result = subprocess.run([sys.executable, "-m", "a2m_lib.cli", "predict", str(REPO / "README.md"), "--run", str(run_dir),
+                             "--out", str(tmp_path / "x.npz")], capture_output=True, text=True)
+    assert result.returncode != 0 and "refused to load" in result.stderr
     assert not marker.exists()
     assert not subprocess.run(["grep", "-rn", "weights_only=False", str(REPO / "a2m_lib")], capture_output=True).stdout

@@ -81,7 +81,7 @@ def test_training_targets_subtract_each_speakers_own_neutral(processed, tmp_path
     neutral.resolve(processed, accepted, "auto", tmp_path)
     neutrals = neutral.load_neutrals(tmp_path)
     assert not np.allclose(neutrals["spk0"], neutrals["spk1"])
-    dataset = ClipDataset(processed, accepted, neutrals, 468, 16000)
-    for item, row in zip(dataset.items, accepted.itertuples()):
+    dataset = ClipDataset(processed, accepted, neutrals, 468, 16000)  # whole clips only
+    for index, row in enumerate(accepted.itertuples()):
         clip_mesh = store.load_clip(processed, row.clip_id)["mesh"][:, :468]
-        np.testing.assert_allclose(item["offsets"], clip_mesh - neutrals[row.speaker][:468], atol=1e-5)
+        np.testing.assert_allclose(dataset[index]["offsets"], clip_mesh - neutrals[row.speaker][:468], atol=1e-5)

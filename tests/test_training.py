@@ -175,3 +175,18 @@ def test_real_recipes_train_offline_and_the_pretrained_one_never_falls_back(proc
     with pytest.raises(EncoderLoadError, match="model.encoder=mel"):
         train.train(load_config(REPO / "configs" / "real_w2v.yaml", {**small, "model.pretrained": str(tmp_path / "absent")}),
                     _prepared_run(tmp_path / "absent_run", processed, qa_run, accepted), progress=False)
+
+
+def test_a_dynamic_reference_model_is_trained_and_evaluated_with_both_references(processed, qa_run, accepted, tmp_path):
+    from a2m_lib import evaluate
+
+    run_dir = _prepared_run(tmp_path / "run", processed, qa_run, accepted)
+    cfg = _cfg(processed, **{"train.epochs": 2, "train.reference": "random_frame", "model.speaker_embedding": True})
+    train.train(cfg, run_dir, progress=False)
+    model = load_model(run_dir / "checkpoints" / "best.pt")
+    assert model.reference == "random_frame" and model.speakers == ["spk0", "spk1"]
+    summary = evaluate.evaluate(cfg, run_dir, progress=False).summary
+    assert summary["reference"] == "random_frame"
+    tests = summary["reference_tests"]
+    assert {"neutral", "random_frame", "random_frame_no_motion"} <= set(tests)
+    assert tests["neutral"]["lve"] != tests["random_frame"]["lve"]

@@ -1,0 +1,97 @@
+"""The real-footage recipe (configs/real.yaml) on the real clips of ../shared/eval_media: training time and
+held-out metrics per speaker, so later changes can be compared against it.
+
+    .venv/bin/python benchmarks/real_footage.py [--run-dir runs/real] [-p key=value ...]
+
+Builds data/raw/real/<speaker>/ as symbolic links into ../shared/eval_media (nothing is copied into the
+repo), then runs all five notebooks with `a2m run --config configs/real.yaml`. Held-out clips are chosen by
+the config's split (per speaker, by clip); every speaker with at least 3 accepted clips has test clips.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+SHARED = REPO.parent / "shared" / "eval_media"
+
+# speaker -> files under eval_media (several recordings of one person share a speaker)
+SPEAKERS = {
+    "obama": ["real_extra/face2face-demo/obama.mp4", "real_extra/emotion-morphing/obama.mp4"],
+    "aoc": ["sadtalker/WDA_AlexandriaOcasioCortez_000.mp4", "v-express/AOC_gt.mp4", "video-retalking/face_3.mp4"],
+    "grid": [f"lipnet/GRID_{name}.mpg" for name in ("bbaf2n", "brbk7n", "lbax4n", "lbbc2a", "lrwp9a", "lwbsza",
+                                                    "pwij3p", "sbia1a", "sbwe5n", "swiz3n")],
+    "trump": ["real_extra/testing_deepfake/trump.mp4"],
+    "musk": ["real_extra/testing_deepfake/musk.mp4"],
+    "minimates": ["real_extra/MiniMates/driving.mp4"],
+    "katiehill": ["sadtalker/WDA_KatieHill_000.mp4"],
+    "kim": ["real_extra/Wav2Lip-GFPGAN/kim_7s_raw.mp4"],
+    "may": ["aniportrait/pose_ref_video.mp4"],
+    "m030": ["real_extra/EAMM/crop_M030_sad_3_001.mp4", "real_extra/spectre/M030_level_3_angry_016.mp4"],
+    "interview": ["real_extra/lip-reading-deeplearning/sample_video.mp4"],
+    "retalking_man1": ["video-retalking/face_1.mp4"], "retalking_man2": ["video-retalking/face_2.mp4"],
+    "retalking_woman5": ["video-retalking/face_5.mp4"], "selfie": ["real_extra/headGAN/driving.mp4"],
+    **{f"liveportrait_{name}": [f"liveportrait/{name}.mp4"] for name in ("d6", "d10", "d11", "d12", "d20")},
+    **{f"lrs2_{name}": [f"real_extra/deep_avsr/{name}.mp4"] for name in ("00001", "00004", "00008", "00009", "00022", "00024")},
+    **{f"mead_{name.split('_')[0]}": [f"real_extra/spectre/{name}.mp4"] for name in (
+        "M003_level_1_disgusted_015", "M026_level_3_disgusted_018", "W023_level_2_surprised_010",
+        "W036_level_3_happy_007", "W040_level_3_happy_029")},
+}
+LANGUAGES = {"minimates": "zh"}
+UNKNOWN_LANGUAGE = ("liveportrait", "retalking", "vox_", "selfie")
+
+
+def build_raw(raw: Path) -> int:
+    """data/raw/real/<speaker>/<file> links and a metadata.csv with the known languages; returns the link count."""
+    rows, count = ["file,speaker,language"], 0
+    pcavs = {f"vox_{p.stem}": [f"pcavs/{p.name}"] for p in sorted((SHARED / "pcavs").glob("*.mp4"))}
+    for speaker, sources in {**SPEAKERS, **pcavs}.items():
+        for source in sources:
+            path = SHARED / source
+            if not path.exists():
+                continue
+            name = f"{path.stem}_{hashlib.md5(source.encode()).hexdigest()[:4]}{path.suffix}"
+            link = raw / speaker / name
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if not link.is_symlink():
+                link.symlink_to(path)
+            language = LANGUAGES.get(speaker, "" if speaker.startswith(UNKNOWN_LANGUAGE) else "en")
+            rows.append(f"{speaker}/{name},{speaker},{language}")
+            count += 1
+    (raw / "metadata.csv").write_text("\n".join(rows) + "\n")
+    return count
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--run-dir", default=str(REPO / "runs" / "real"))
+    parser.add_argument("-p", "--param", action="append", default=[])
+    args = parser.parse_args()
+    if not SHARED.exists():
+        sys.exit(f"{SHARED} is absent: this benchmark needs the shared real footage")
+    from a2m_lib import runner
+
+    raw = REPO / "data" / "raw" / "real"
+    print(f"{build_raw(raw)} real videos linked under {raw}", flush=True)
+    started = time.time()
+    record = runner.run(REPO / "configs" / "real.yaml", args.run_dir, args.param)
+    metrics = json.loads((Path(args.run_dir) / "metrics.json").read_text())
+    result = dict(seconds_total=round(time.time() - started), seconds_per_notebook={k: v["seconds"] for k, v in record["notebooks"].items()},
+                  model=metrics["model"], baselines=metrics["baselines"], failures=metrics["failures"],
+                  lve_ratio_model_to_neutral=metrics["lve_ratio_model_to_neutral"],
+                  lve_ratio_model_to_mean_offset=metrics["lve_ratio_model_to_mean_offset"],
+                  per_speaker={s: dict(lve=b["model"]["lve"], mean_offset_lve=b["baselines"]["mean_offset"]["lve"],
+                                       neutral_lve=b["baselines"]["neutral"]["lve"], mouth_corr=b["model"]["mouth_corr"],
+                                       motion_ratio=b["model"]["motion_ratio"], n_clips=b["model"]["n_clips"])
+                               for s, b in metrics["per_speaker"].items()})
+    (REPO / "benchmarks" / "real_footage_results.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
