@@ -155,7 +155,9 @@ class Audio2Mesh(nn.Module):
         self.cfg, self.speakers, self.reference = cfg, list(speakers or []), reference
         self.audio_encoder = audio_encoder if audio_encoder is not None else build_encoder(cfg)
         if isinstance(self.audio_encoder, Wav2Vec2Model):
-            self.audio_encoder.config.mask_time_prob = 0.0  # SpecAugment off: frames must stay aligned with meshes
+            # SpecAugment never applies: forward() calls the feature projection and the transformer directly, not
+            # the top-level model that masks. The config stays as loaded, so the weights (masked_spec_embed
+            # included) load back into a Wav2Vec2Model built from it, ours or AniPortrait's.
             if cfg.freeze_feature_encoder:
                 self.audio_encoder.freeze_feature_encoder()
         n_outputs = cfg.n_vertices * 3

@@ -99,7 +99,7 @@ def peak_memory(folder: Path) -> float:
     code = (f"import resource, sys; sys.path.insert(0, {str(REPO)!r})\n"
             "from a2m_lib import config, train\n"
             f"cfg = config.load_config({str(REPO / 'configs' / 'real.yaml')!r}, {{'data.processed': {str(folder / 'store')!r}, "
-            "'train.epochs': 1, 'data.val_fraction': 0.02, 'data.test_fraction': 0.02}})\n"
+            "'train.epochs': 1, 'data.val_fraction': 0.02, 'data.test_fraction': 0.02})\n"
             f"train.train(cfg, {str(folder / 'run')!r}, progress=False)\n"
             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -143,13 +143,14 @@ def prediction_speed(work: Path, demo_run: Path) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="2 epochs for the cache comparison, skip the 1 h memory run")
+    parser.add_argument("--skip-cache", action="store_true", help="leave out the cache comparison (the slowest part)")
     args = parser.parse_args()
     demo_run, processed = REPO / "runs" / "demo", str(REPO / "data" / "processed" / "demo")
     if not (demo_run / "checkpoints" / "best.pt").exists():
         sys.exit("run `make demo` first: the benchmark uses its store and run")
     torch.set_num_threads(2)
     work = Path(tempfile.mkdtemp(prefix="a2m-bench-"))
-    results = {"cache": cache_speedup(work, demo_run, processed, 2 if args.quick else 3)}
+    results = {} if args.skip_cache else {"cache": cache_speedup(work, demo_run, processed, 2 if args.quick else 3)}
     if not args.quick:
         results["peak_rss_gb_1h"] = peak_memory(synthetic_hour(work / "hour"))
         print("peak RSS training on 1 h of clips:", results["peak_rss_gb_1h"], "GB", flush=True)

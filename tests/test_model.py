@@ -161,3 +161,19 @@ def test_device_auto_and_audio_normalisation():
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     normalised = normalise_audio(np.random.default_rng(0).normal(3, 5, 1000).astype(np.float32))
     assert abs(normalised.mean()) < 1e-4 and abs(normalised.std() - 1) < 1e-3
+
+
+def test_a_pretrained_style_encoder_round_trips(tmp_path):
+    """Hub checkpoints such as wav2vec2-base-960h have SpecAugment on (masked_spec_embed in their weights)."""
+    from transformers import Wav2Vec2Config
+
+    from a2m_lib.model import load_model
+
+    config = Wav2Vec2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
+                            conv_dim=(16,) * 7, mask_time_prob=0.05)
+    Wav2Vec2Model(config).save_pretrained(tmp_path / "hub_like")
+    model = Audio2Mesh(ModelConfig(encoder="wav2vec2", pretrained=str(tmp_path / "hub_like"), latent_dim=16))
+    assert "audio_encoder.masked_spec_embed" in model.state_dict()
+    model.save_pretrained(tmp_path / "saved")
+    loaded = load_model(tmp_path / "saved")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
