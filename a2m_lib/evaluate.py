@@ -23,7 +23,6 @@ reference costs with and without train.reference = random_frame.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -238,7 +237,3 @@ def report(summary: dict) -> str:
              f"motion_ratio {summary['model']['motion_ratio']:.2f}"]
     lines += [f"WARNING: {failure}" for failure in summary["failures"]]
     return "\n".join(lines)
-
-
-def load_metrics(run_dir: str | Path) -> dict:
-    return json.loads((Path(run_dir) / "metrics.json").read_text())
