@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import files, regions, store
+from . import files, media, regions, store
 from .model import normalise_audio
 
 
@@ -52,15 +52,6 @@ def split_clips(accepted: pd.DataFrame, val_fraction: float, test_fraction: floa
             parts.append(group.assign(split=group.clip_id.map(dict(zip(order, assign(len(order)))))))
         table = pd.concat(parts)
     return table.sort_values("clip_id").reset_index(drop=True)
-
-
-def frame_loudness(audio: np.ndarray, sample_rate: int, fps: float, n_frames: int) -> np.ndarray:
-    """Log RMS per video frame, (n_frames,); frame t covers [t, t+1) / fps."""
-    hop = sample_rate / fps
-    edges = np.round(np.arange(n_frames + 1) * hop).astype(int).clip(0, len(audio))
-    squares = np.concatenate([[0.0], np.cumsum(np.square(audio, dtype=np.float64))])
-    power = (squares[edges[1:]] - squares[edges[:-1]]) / np.maximum(np.diff(edges), 1)
-    return np.log(np.sqrt(power) + 1e-5).astype(np.float32)
 
 
 def silent_frames(loudness: np.ndarray) -> np.ndarray:
@@ -144,7 +135,7 @@ class ClipDataset(torch.utils.data.Dataset):
             base = pool[rng.integers(len(pool))]
         frames = slice(start, start + length)
         offsets = np.nan_to_num(example.mesh[frames] - base).astype(np.float32)              # (T, V, 3)
-        loudness = frame_loudness(example.audio, self.sample_rate, example.fps, n_frames)
+        loudness = media.frame_energy(example.audio, self.sample_rate, example.fps, n_frames)
         sample = dict(clip_id=clip_id, speaker_id=self.speakers.index(speaker) if speaker in self.speakers else len(self.speakers),
                       offsets=torch.from_numpy(offsets), valid=torch.from_numpy(example.valid[frames].copy()),
                       silent=torch.from_numpy(silent_frames(loudness)[frames].copy()),

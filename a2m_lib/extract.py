@@ -158,25 +158,6 @@ class SpooledLandmarks:
         return data.reshape(-1, self.shape[1], 3)
 
 
-def frame_energy(audio: np.ndarray, sample_rate: int, fps: float, n_frames: int) -> np.ndarray:
-    """Log RMS loudness per video frame, (n_frames,): frame t covers [t, t+1) / fps.
-
-    numpy, not librosa.feature.rms: importing librosa.feature costs about 2 s per process (numba),
-    which would dominate a worker's first clip.
-    """
-    hop = sample_rate / fps
-    starts = np.round(np.arange(n_frames) * hop).astype(int)
-    inside = starts < len(audio)
-    power = np.zeros(n_frames)
-    bounds = np.append(starts[inside], len(audio))
-    for first in range(0, int(inside.sum()), 9000):  # 5 minutes at a time: no full-length temporary
-        block = bounds[first: first + 9001]
-        squares = np.square(audio[block[0]: block[-1]], dtype=np.float32)
-        sums = np.add.reduceat(squares, block[:-1] - block[0]) if len(squares) else np.zeros(len(block) - 1)
-        power[first: first + len(block) - 1] = sums / np.maximum(np.diff(block), 1)
-    return np.log(np.sqrt(power) + 1e-5)
-
-
 def plan_clips(found: np.ndarray, energy: np.ndarray, fps: float, cfg: ExtractConfig) -> tuple[list, list]:
     """Where clips start and end, in frames: ([(start, end)], [(start, end, reason)] of skipped pieces).
 
@@ -391,7 +372,7 @@ def _clips_from_tracks(job: Job, source_hash: str, audio: np.ndarray, tracks: tu
         raise ExtractionError(f"MediaPipe found no face in any of {len(found)} frames")
 
     fps, samples_per_frame = data_cfg.fps, data_cfg.sample_rate / data_cfg.fps
-    energy = frame_energy(audio, data_cfg.sample_rate, fps, len(found))
+    energy = media.frame_energy(audio, data_cfg.sample_rate, fps, len(found))
     clips, skipped = plan_clips(found, energy, fps, extract_cfg)
     common = dict(speaker=source["speaker"], language=source["language"], source=str(source["path"]), fps=fps,
                   settings=settings_key(data_cfg, extract_cfg), source_hash=source_hash)
