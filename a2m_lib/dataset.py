@@ -209,6 +209,8 @@ class EpochBatches(torch.utils.data.Sampler):
                  rank: int = 0, world_size: int = 1):
         order = np.random.default_rng([seed, epoch, 1]).permutation(n_samples).tolist()
         batches = [order[i: i + batch_size] for i in range(0, n_samples, batch_size)]
+        if world_size > 1:  # every process needs a share of every batch; a last batch smaller than that is left out
+            batches = [batch for batch in batches if len(batch) >= world_size]
         self.batches = [batch[rank::world_size] for batch in batches[skip:]]
 
     def __iter__(self):
@@ -218,5 +220,6 @@ class EpochBatches(torch.utils.data.Sampler):
         return len(self.batches)
 
     @staticmethod
-    def count(n_samples: int, batch_size: int) -> int:
-        return -(-n_samples // batch_size)
+    def count(n_samples: int, batch_size: int, world_size: int = 1) -> int:
+        full, rest = divmod(n_samples, batch_size)
+        return full + (rest > 0 and rest >= world_size)

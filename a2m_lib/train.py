@@ -316,7 +316,7 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True) -> TrainResul
     val_set = ClipDataset(clips=val_clips, **common)
     optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tcfg.lr,
                                   weight_decay=tcfg.weight_decay)
-    steps_per_epoch = EpochBatches.count(len(train_set), tcfg.batch_size)
+    steps_per_epoch = EpochBatches.count(len(train_set), tcfg.batch_size, procs.world_size)
     scheduler = make_scheduler(optimiser, tcfg, steps_per_epoch * tcfg.epochs)
     history: list[dict] = []
     best = [float("inf"), -1]  # (val loss, epoch)
