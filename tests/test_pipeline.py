@@ -56,7 +56,7 @@ def test_the_model_beats_the_baselines_and_notebook_05_shows_renders(demo_run):
     assert len(list((run_dir / "predictions").glob("*.npz"))) == metrics["n_clips"]
     book = nbformat.read(run_dir / "notebooks" / "05_evaluate.ipynb", as_version=4)
     videos = [o for c in book.cells for o in c.get("outputs", []) if "<video" in str(o.get("data", {}).get("text/html", ""))]
-    assert len(videos) == 3 and len(list((run_dir / "renders").glob("*.mp4"))) == 3
+    assert len(videos) == 3 and len(list((run_dir / "renders").glob("*.mp4"))) == min(3, metrics["n_clips"])  # best, median, worst
 
 
 def test_only_reruns_one_stage_in_place(demo_run):
