@@ -113,10 +113,7 @@ def predict_clips(model: Audio2Mesh, clips: pd.DataFrame, processed, neutrals: d
         example = store.load_example(processed, row.clip_id, int(row.audio_shift_frames), sample_rate, model.cfg.n_vertices)
         neutral = neutrals[row.speaker][: model.cfg.n_vertices]
         n_frames, valid = len(example.mesh), example.valid
-        speaker = row.speaker if row.speaker in model.speakers or model.speaker_embedding is None else None
-        if speaker is None:
-            raise ValueError(f"clip {row.clip_id}: speaker '{row.speaker}' was not in training and this model has a "
-                             f"speaker embedding for {', '.join(model.speakers)} only")
+        speaker = row.speaker  # Audio2Mesh.speaker_index refuses a speaker its embedding does not know
         offsets = model.predict(example.audio, n_frames, speaker=speaker, sample_rate=sample_rate, fps=example.fps)
         # a non-neutral reference: a random training frame of the speaker (its mean-offset pool)
         pool = training.offsets.get(row.speaker)

@@ -94,9 +94,12 @@ def prepare(run: str | Path | None, checkpoint: str | Path | None, neutral: str 
     if (run is None) == (checkpoint is None):
         raise PredictError("give either --run RUN_DIR, or --checkpoint CKPT with --neutral NEUTRAL.npz")
     checkpoint = Path(checkpoint) if checkpoint else Path(run) / "checkpoints" / "best.pt"
-    model = load_model(checkpoint, device)
-    saved_config = load_checkpoint(checkpoint).get("config") if checkpoint.is_file() else None
-    cfg = config_from_dict(saved_config) if saved_config else None
+    if checkpoint.is_dir():  # a save_pretrained folder: no training config inside
+        model, cfg = load_model(checkpoint, device), None
+    else:  # a training checkpoint, read once: the model and the config it was trained with
+        state = load_checkpoint(checkpoint)
+        model = Audio2Mesh.from_state(state, state["model"]).to(device).eval()
+        cfg = config_from_dict(state["config"]) if state.get("config") else None
     fps = cfg.data.fps if cfg else 30.0
     if speaker is None and model.speakers:
         if len(model.speakers) > 1 and (model.speaker_embedding is not None or neutral is None):

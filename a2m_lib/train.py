@@ -347,7 +347,7 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True) -> TrainResul
     try:
         while epoch < tcfg.epochs:
             epoch_start = time.time()
-            losses, resumed_losses = (resumed_losses, []) if resumed_losses else ([], [])
+            losses, resumed_losses = resumed_losses, []  # a resumed epoch keeps its earlier steps' losses
             train_set.set_epoch(epoch)
             batches = EpochBatches(len(train_set), tcfg.batch_size, cfg.seed, epoch, skip=step_in_epoch,
                                    rank=procs.rank, world_size=procs.world_size)
