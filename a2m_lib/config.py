@@ -75,8 +75,10 @@ class QAConfig:
     max_offset_frames: int = 3  # allowed |audio/video offset| (AniPortrait: 3)
     min_frames: int = 10
     max_face_missing_frac: float = 0.05
-    correct_offset: bool = False  # shift the audio of an out-of-sync clip by its measured offset
-    min_offset_confidence: float = 3.0  # ... but only when the offset estimate is at least this confident
+    correct_offset: bool = False  # keep a confidently out-of-sync clip, its audio shifted by the measured offset
+    min_offset_confidence: float = 0.05  # an offset estimate is decided on when its peak stands this far above
+    # the best rival lag (correlation units; see qa.py); below it the clip is `uncertain`
+    use_uncertain: bool = False  # train (and evaluate, pick neutrals) on clips whose offset is unsure
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
     plots.clip(processed, clip_id)             01: a frame with landmarks, the pose-free mesh, the mouth over time
     plots.qa_summary(report, fps)              02: offsets and clip lengths by QA status
+    plots.qa_confidence(report, threshold)     02: clip offset error against confidence; confidence by status
     plots.qa_trace(report, clip_id)            02: mouth opening against loudness, and the score of each lag
     plots.neutrals(neutral_dir)                03: each speaker's neutral, front and side
     plots.training_curves(history)             04: train and validation L1 per epoch
@@ -53,11 +54,14 @@ def clip(processed: str | Path, clip_id: str):
 
 # ----------------------------------------------------------------------------------- 02 alignment QA
 
+STATUS_COLOURS = {"pass": "tab:green", "uncertain": "tab:orange", "fail": "tab:red"}
+
+
 def qa_summary(report, fps: float = 30.0):
     """Histograms of A/V offsets and clip lengths, coloured by status."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
     table = report.table
-    for status, colour in (("pass", "tab:green"), ("fail", "tab:red")):
+    for status, colour in STATUS_COLOURS.items():
         part = table[table.status == status]
         axes[0].hist(part.av_offset_frames, bins=np.arange(-15.5, 16.5), color=colour, alpha=0.7, label=status)
         axes[1].hist(part.n_frames / fps, bins=20, color=colour, alpha=0.7, label=status)
@@ -68,13 +72,43 @@ def qa_summary(report, fps: float = 30.0):
     return fig
 
 
+def qa_confidence(report, min_confidence: float):
+    """Does the confidence mean something? Left: for clips of sources cut into several clips, how far each
+    clip's own offset is from its source's pooled one, against the clip's confidence; the unsure clips
+    (left of the line) should hold the disagreements. Right: the confidence of every clip, by status."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
+    agreement = qa.offset_agreement(report.table)
+    if len(agreement):
+        agree = agreement.error <= 1
+        jitter = np.random.default_rng(0).uniform(-0.15, 0.15, len(agreement))  # to see stacked points
+        axes[0].scatter(agreement.clip_confidence[agree], agreement.error[agree] + jitter[agree], s=12,
+                        color="tab:green", label=f"within ±1 frame ({agree.sum()})")
+        axes[0].scatter(agreement.clip_confidence[~agree], agreement.error[~agree] + jitter[~agree], s=12,
+                        color="tab:red", label=f"further ({(~agree).sum()})")
+        axes[0].legend(fontsize=8)
+        axes[0].set_title(f"{agree.mean():.0%} of {len(agreement)} clips agree with their source", fontsize=10)
+    else:
+        axes[0].text(0.5, 0.5, "no source was cut into several clips:\nnothing to compare with",
+                     ha="center", va="center", transform=axes[0].transAxes)
+    axes[0].axvline(min_confidence, color="grey", linestyle="--")
+    axes[0].set(xlabel="clip confidence", ylabel="|clip offset - source offset| (frames)")
+    table = report.table
+    bins = np.linspace(min(0, table.clip_confidence.min()), max(table.clip_confidence.max(), min_confidence) + 1e-3, 25)
+    for status, colour in STATUS_COLOURS.items():
+        axes[1].hist(table.clip_confidence[table.status == status], bins=bins, color=colour, alpha=0.7, label=status)
+    axes[1].axvline(min_confidence, color="grey", linestyle="--", label="qa.min_offset_confidence")
+    axes[1].set(xlabel="clip confidence", ylabel="clips")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def qa_trace(report, clip_id: str, sample_rate: int = 16000):
-    """Mouth opening against the audio loudness envelope for one clip, and its lag curve."""
-    clip = store.load_clip(report.processed, clip_id)
-    trace = qa.lag_trace(clip, sample_rate)
+    """Mouth opening against the audio loudness envelope for one clip, and the lag curve QA read its offset from."""
+    trace = qa.lag_trace(report, clip_id, sample_rate)
     fps, n_frames = trace["fps"], len(trace["opening"])
     opening, lag, confidence, scores = trace["opening"], trace["lag"], trace["confidence"], trace["scores"]
-    envelope = media.frame_energy(clip["audio"], sample_rate, fps, n_frames)
+    envelope = media.frame_energy(trace["audio"], sample_rate, fps, n_frames)
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.2), gridspec_kw={"width_ratios": [3, 1]})
     t = np.arange(n_frames) / fps
     axes[0].plot(t, opening, label="mouth opening (mesh units)")
@@ -83,9 +117,11 @@ def qa_trace(report, clip_id: str, sample_rate: int = 16000):
     axes[0].set(xlabel="seconds", title=f"{clip_id}")
     axes[0].legend(loc="upper left")
     twin.legend(loc="upper right")
-    axes[1].plot(trace["lags"], scores, marker=".")
-    axes[1].axvline(lag, color="tab:red")
-    axes[1].set(xlabel="lag (frames)", ylabel="summed R$^2$", title=f"offset {lag:+d}, confidence {confidence:.1f}")
+    if scores is not None:
+        axes[1].plot(trace["lags"], scores, marker=".")
+        axes[1].axvline(lag, color="tab:red")
+    score_name = {"store": "correlation (store model)", "clip": "mean R$^2$ (per-clip fit)"}.get(trace["method"], "")
+    axes[1].set(xlabel="lag (frames)", ylabel=score_name, title=f"offset {lag:+d}, confidence {confidence:.3f}")
     fig.tight_layout()
     return fig
 

@@ -109,7 +109,8 @@ def qa_table_path(run_dir: str | Path) -> Path:
 
 
 def accepted_clips(run_dir: str | Path):
-    """The run's QA rows that passed: the clip list that neutral selection and training read."""
+    """The run's QA rows marked `use` (passed, or uncertain with qa.use_uncertain): the clip list that neutral
+    selection, training and evaluation read."""
     import pandas as pd
 
     path = qa_table_path(run_dir)
@@ -117,7 +118,8 @@ def accepted_clips(run_dir: str | Path):
         raise FileNotFoundError(f"{path} does not exist; run alignment QA for this run (notebook 02, or "
                                 f"`a2m qa STORE --run-dir {run_dir}`) first")
     table = pd.read_csv(path, keep_default_na=False)
-    return table[table.status == "pass"].reset_index(drop=True)
+    used = table.use.astype(str) == "True" if "use" in table else table.status == "pass"  # older tables: no `use`
+    return table[used].reset_index(drop=True)
 
 
 def expected_frames(n_samples: int, sample_rate: int, fps: float) -> int:
