@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import files, media, mesh, store
+from . import files, media, mesh, store, sync
 from . import workers as pool
 from .config import DataConfig, ExtractConfig
 
@@ -105,8 +105,9 @@ def track_video(frames: media.FrameReader, fps: float, extract_cfg: ExtractConfi
     previous frame's (a 25 fps source at 30 fps) gets the previous frame's result instead of a second
     tracker call: the face did not move, so neither do its landmarks.
     Returns the (T, N, 3) landmarks in source pixels (NaN where no face), (T,) found, (T,) number of faces,
-    and extras: `repeated` (T,), plus for the tasks extractor blendshapes (T, 52), transformation_matrix
-    (T, 4, 4) and blendshape_names.
+    extras: `repeated` (T,), plus for the tasks extractor blendshapes (T, 52), transformation_matrix
+    (T, 4, 4) and blendshape_names; and the second face's landmarks (the tracker's `second_face`, spooled
+    beside the first from the frame it first appears; None for a video that never shows two faces).
     """
     n_faces, repeats, blendshapes, matrices = [], [], [], []
     tasks = extract_cfg.extractor == "tasks"
@@ -114,22 +115,34 @@ def track_video(frames: media.FrameReader, fps: float, extract_cfg: ExtractConfi
     missing = np.full((n_points, 3), np.nan, np.float32)
     no_blendshapes, no_matrix = np.full(52, np.nan, np.float32), np.full((4, 4), np.nan, np.float32)
     spool.parent.mkdir(parents=True, exist_ok=True)
+    second_spool, second, second_row = spool.with_suffix(".second.f32"), None, missing.tobytes()
     with _tracker(fps, extract_cfg, background) as tracker, open(spool, "wb") as spooled:
-        for frame, repeated in frames:
-            repeated = repeated and bool(n_faces)
-            if not repeated:
-                height, width = frame.shape[:2]
-                shrink = min(1.0, extract_cfg.max_side_px / max(height, width))
-                if shrink < 1:
-                    frame = cv2.resize(frame, None, fx=shrink, fy=shrink, interpolation=cv2.INTER_AREA)
-                points, count, *task_outputs = tracker.track(frame)
-                row = (missing if points is None else (points / shrink).astype(np.float32)).tobytes()
-            spooled.write(row)
-            n_faces.append(count)
-            repeats.append(repeated)
-            if tasks:
-                blendshapes.append(task_outputs[0] if points is not None else no_blendshapes)
-                matrices.append(task_outputs[1] if points is not None else no_matrix)
+        try:
+            for frame, repeated in frames:
+                repeated = repeated and bool(n_faces)
+                if not repeated:
+                    height, width = frame.shape[:2]
+                    shrink = min(1.0, extract_cfg.max_side_px / max(height, width))
+                    if shrink < 1:
+                        frame = cv2.resize(frame, None, fx=shrink, fy=shrink, interpolation=cv2.INTER_AREA)
+                    points, count, *task_outputs = tracker.track(frame)
+                    row = (missing if points is None else (points / shrink).astype(np.float32)).tobytes()
+                    other = tracker.second_face
+                    if other is not None and second is None:  # the first frame with two faces
+                        second = open(second_spool, "wb")
+                        second.write(missing.tobytes() * len(n_faces))
+                    second_row = missing.tobytes() if other is None else (other / shrink).astype(np.float32).tobytes()
+                spooled.write(row)
+                if second is not None:
+                    second.write(second_row)
+                n_faces.append(count)
+                repeats.append(repeated)
+                if tasks:
+                    blendshapes.append(task_outputs[0] if points is not None else no_blendshapes)
+                    matrices.append(task_outputs[1] if points is not None else no_matrix)
+        finally:
+            if second is not None:
+                second.close()
         names = getattr(tracker, "blendshape_names", [])
     if not n_faces:
         raise ExtractionError("no video frames could be decoded")
@@ -138,7 +151,8 @@ def track_video(frames: media.FrameReader, fps: float, extract_cfg: ExtractConfi
         extras.update(blendshapes=np.stack(blendshapes), transformation_matrix=np.stack(matrices),
                       blendshape_names=np.array(names))
     n_faces = np.array(n_faces)
-    return SpooledLandmarks(spool, len(n_faces), n_points), n_faces > 0, n_faces, extras
+    second_face = SpooledLandmarks(second_spool, len(n_faces), n_points) if second is not None else None
+    return SpooledLandmarks(spool, len(n_faces), n_points), n_faces > 0, n_faces, extras, second_face
 
 
 class SpooledLandmarks:
@@ -279,7 +293,7 @@ class SourceState:
     audio: np.ndarray | None = None
     frames: media.FrameReader | None = None
     spool: Path | None = None
-    tracks: tuple | None = None  # (SpooledLandmarks, found, n_faces, extras) from track_video
+    tracks: tuple | None = None  # (SpooledLandmarks, found, n_faces, extras, second face) from track_video
     error: str | None = None
 
 
@@ -325,6 +339,7 @@ def _finish(state: SourceState) -> list[dict]:
     finally:
         if state.spool is not None:
             state.spool.unlink(missing_ok=True)
+            state.spool.with_suffix(".second.f32").unlink(missing_ok=True)
     record = dict(source=str(job.source["path"]), source_hash=state.source_hash,
                   settings=settings_key(job.data_cfg, job.extract_cfg), rows=rows)
     files.write_json(store.source_record_path(job.out_dir, job.source["source_key"]), record)
@@ -364,9 +379,31 @@ def extract_sequence(jobs: Iterable[Job]) -> Iterator[list[dict]]:
                 frames.close()
 
 
+SPEAKER_MIN_PRESENCE = 0.9  # a second face is a candidate in a clip when it is seen on this share of its frames
+SPEAKER_MIN_MARGIN = 0.05  # ... and is kept when its sync score beats the first face's by this much
+
+
+def choose_speaker(first: np.ndarray, second: np.ndarray, audio: np.ndarray, sample_rate: int, fps: float,
+                   reference: np.ndarray) -> tuple[bool, float, float]:
+    """Which of two faces of a clip speaks: (keep the second, its sync score, the first's).
+
+    A face's sync score is the best score over all lags of a2m_lib.sync's per-clip regression (mean R^2 of
+    its mouth distances predicted from the audio): a speaking mouth follows the audio, a listening one
+    does not. The second face wins only by SPEAKER_MIN_MARGIN; with weaker evidence the first (the largest,
+    most central, followed from frame to frame) stays.
+    """
+    scores = []
+    for landmarks in (first, second):
+        seen = np.isfinite(landmarks[:, 0, 0])
+        meshes = np.full_like(landmarks, np.nan)
+        meshes[seen] = mesh.remove_pose_batch(landmarks[seen], reference)[0]
+        scores.append(float(sync.clip_lag_scores(meshes, audio, sample_rate, fps).max()))
+    return scores[1] - scores[0] >= SPEAKER_MIN_MARGIN, scores[1], scores[0]
+
+
 def _clips_from_tracks(job: Job, source_hash: str, audio: np.ndarray, tracks: tuple, decode_errors: int) -> list[dict]:
     source, data_cfg, extract_cfg = job.source, job.data_cfg, job.extract_cfg
-    landmarks, found, n_faces, extras = tracks
+    landmarks, found, n_faces, extras, second_face = tracks
     reference = pose_reference(extract_cfg, landmarks.shape[1])
     if not found.any():
         raise ExtractionError(f"MediaPipe found no face in any of {len(found)} frames")
@@ -379,22 +416,44 @@ def _clips_from_tracks(job: Job, source_hash: str, audio: np.ndarray, tracks: tu
     rows = []
     for number, (start, end) in enumerate(clips):
         clip_id = source["source_key"] if len(clips) == 1 else f"{source['source_key']}_{number:03d}"
-        piece_landmarks, interpolated = _interpolate_gaps(landmarks[start:end], found[start:end])
         if len(clips) == 1 and (start, end) == (0, len(found)):
             piece_audio = audio  # the whole video: keep all of its audio, so QA sees any length mismatch
         else:
             piece_audio = audio[int(round(start * samples_per_frame)): int(round(end * samples_per_frame))]
+        piece, piece_found = landmarks[start:end], found[start:end]
+        face = dict(face_choice="one face", face_sync_score=np.nan, other_face_sync_score=np.nan)
+        notes = []
+        if n_faces[start:end].max() > 1:
+            other = second_face[start:end] if second_face is not None else None
+            presence = np.isfinite(other[:, 0, 0]).mean() if other is not None else 0.0
+            if presence >= SPEAKER_MIN_PRESENCE and piece_found.mean() >= SPEAKER_MIN_PRESENCE:
+                use_second, other_score, first_score = choose_speaker(piece, other, piece_audio, data_cfg.sample_rate,
+                                                                      fps, reference)
+                if use_second:
+                    piece, piece_found = other, np.isfinite(other[:, 0, 0])
+                    first_score, other_score = other_score, first_score
+                speaks = use_second or first_score - other_score >= SPEAKER_MIN_MARGIN
+                face = dict(face_choice="speaker" if speaks else "largest", face_sync_score=round(first_score, 4),
+                            other_face_sync_score=round(other_score, 4))
+                why = ("its mouth follows the audio" if speaks else
+                       "the largest, most central: neither mouth follows the audio clearly better")
+                notes.append(f"{int((n_faces[start:end] > 1).sum())} frames showed several faces; kept the face at "
+                             f"{_centre(piece)} px, {why} (sync {first_score:.2f} vs {other_score:.2f})")
+            else:
+                face["face_choice"] = "largest"
+                notes.append(f"{int((n_faces[start:end] > 1).sum())} frames showed several faces; the largest, most "
+                             "central was used (the second face is not on screen long enough to compare)")
+        piece_landmarks, interpolated = _interpolate_gaps(piece, piece_found)
         row = dict(common, clip_id=clip_id, start=round(start / fps, 4), end=round(end / fps, 4), n_frames=end - start,
                    audio_seconds=round(len(piece_audio) / data_cfg.sample_rate, 6), status="ok", reason="",
-                   interpolated_frames=int(interpolated.sum()), multi_face_frames=int((n_faces[start:end] > 1).sum()))
-        notes = [f"{row['multi_face_frames']} frames showed several faces; the largest, most central was used"] \
-            if row["multi_face_frames"] else []
+                   interpolated_frames=int(interpolated.sum()), multi_face_frames=int((n_faces[start:end] > 1).sum()),
+                   face_centre=_centre(piece_landmarks), **face)
         if decode_errors:
             notes.append(f"the source has {decode_errors} damaged video packets, skipped (the frame before "
                          "them stands in for theirs)")
         row["reason"] = "; ".join(notes)
         piece_extras = {key: value if key == "blendshape_names" else value[start:end] for key, value in extras.items()}
-        _save_clip(job.out_dir, clip_id, row, piece_landmarks, found[start:end], interpolated, n_faces[start:end],
+        _save_clip(job.out_dir, clip_id, row, piece_landmarks, piece_found, interpolated, n_faces[start:end],
                    piece_audio, reference, piece_extras)
         rows.append(row)
     for start, end, reason in skipped:
@@ -403,6 +462,15 @@ def _clips_from_tracks(job: Job, source_hash: str, audio: np.ndarray, tracks: tu
     if not clips:
         raise ExtractionError("no clip long enough: " + "; ".join(reason for *_, reason in skipped))
     return rows
+
+
+def _centre(landmarks: np.ndarray) -> str:
+    """Where a face is: the median centre of its landmarks over the frames, "x,y" in source pixels."""
+    seen = np.isfinite(landmarks[:, 0, 0])
+    if not seen.any():
+        return ""
+    x, y = np.median(landmarks[seen, :, :2].mean(axis=1), axis=0)
+    return f"{x:.0f},{y:.0f}"
 
 
 def _failure_row(job: Job, source_hash: str, reason: str) -> dict:

@@ -46,6 +46,8 @@ class FaceTracker:
     With a `background` executor, the detector is made and run on its thread, and tracking goes on
     meanwhile: the switch then comes a few frames after the check that saw the second face.
     The face returned is the one nearest to the previous one; when there is none, the largest and most central.
+    With several faces, `second_face` holds another one after each call, followed the same way (None when
+    there is none), so that extraction can keep whichever of the two speaks.
     """
 
     def __init__(self, refine_landmarks: bool = True, static: bool = False,
@@ -69,6 +71,8 @@ class FaceTracker:
         self._check_every = check_every
         self._frames_seen = 0
         self._previous_centre: np.ndarray | None = None
+        self._previous_second: np.ndarray | None = None
+        self.second_face: np.ndarray | None = None
 
     def _second_face_appeared(self, frame_rgb: np.ndarray) -> bool:
         if self._detector is None:
@@ -95,11 +99,12 @@ class FaceTracker:
         self._frames_seen += 1
         result = self._mesh.process(frame_rgb)
         if not result.multi_face_landmarks:
-            self._previous_centre = None
+            self._previous_centre = self._previous_second = self.second_face = None
             return None, 0
         height, width = frame_rgb.shape[:2]
         faces = [landmarks_to_array(face, width, height) for face in result.multi_face_landmarks]
         chosen, self._previous_centre = choose_face(faces, width, height, self._previous_centre)
+        self.second_face, self._previous_second = other_face(faces, chosen, width, height, self._previous_second)
         return faces[chosen], len(faces)
 
     def __call__(self, frame_rgb: np.ndarray) -> np.ndarray | None:
@@ -133,6 +138,16 @@ def choose_face(faces: list[np.ndarray], width: int, height: int, previous_centr
     return chosen, centres[chosen]
 
 
+def other_face(faces: list[np.ndarray], chosen: int, width: int, height: int, previous_centre: np.ndarray | None):
+    """The face to follow besides `chosen` (choose_face's rule among the others), and its centre; (None, None)
+    when there is no other face."""
+    if len(faces) == 1:
+        return None, None
+    others = [face for index, face in enumerate(faces) if index != chosen]
+    index, centre = choose_face(others, width, height, previous_centre)
+    return others[index], centre
+
+
 class TasksTracker:
     """The MediaPipe Tasks FaceLandmarker (VIDEO mode) from a user-supplied .task file.
 
@@ -158,6 +173,8 @@ class TasksTracker:
         self._frame_ms = 1000.0 / fps
         self._frames_seen = 0
         self._previous_centre: np.ndarray | None = None
+        self._previous_second: np.ndarray | None = None
+        self.second_face: np.ndarray | None = None  # as FaceTracker's
         self.blendshape_names: list[str] = []
 
     def track(self, frame_rgb: np.ndarray):
@@ -165,12 +182,13 @@ class TasksTracker:
         result = self._landmarker.detect_for_video(image, int(round(self._frames_seen * self._frame_ms)))
         self._frames_seen += 1
         if not result.face_landmarks:
-            self._previous_centre = None
+            self._previous_centre = self._previous_second = self.second_face = None
             return None, 0, None, None
         height, width = frame_rgb.shape[:2]
         scale = np.array([width, height, width], np.float32)
         faces = [np.array([[p.x, p.y, p.z] for p in face], np.float32) * scale for face in result.face_landmarks]
         chosen, self._previous_centre = choose_face(faces, width, height, self._previous_centre)
+        self.second_face, self._previous_second = other_face(faces, chosen, width, height, self._previous_second)
         categories = result.face_blendshapes[chosen]
         self.blendshape_names = [c.category_name for c in categories]
         blendshapes = np.array([c.score for c in categories], np.float32)

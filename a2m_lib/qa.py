@@ -8,7 +8,7 @@ Checks per clip:
 - face coverage: the share of frames without a face, at most qa.max_face_missing_frac;
 - length: at least qa.min_frames frames.
 
-How the offset is measured, per clip (a 3-6 s clip must stand on its own):
+How the offset is measured, per clip (a 3-6 s clip must stand on its own; the code is in a2m_lib.sync):
 1. **A sync model learned from the store itself** (self-supervised, as SyncNet is trained, but linear and
    with no download). Features: 40 log-mel bands at the video frame rate, standardised per clip, with
    ±4 frames (±133 ms) of context; the mouth: five distances (inner and outer opening, two widths,
@@ -52,25 +52,17 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import librosa
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from . import files, regions, store
+from . import files, regions, store, sync
 from .config import QAConfig
 
 QA_COLUMNS = ["clip_id", "speaker", "language", "n_frames", "expected_frames", "frame_diff", "av_offset_frames",
               "av_confidence", "face_missing_frac", "jitter", "status", "use", "reason", "audio_shift_frames",
               "clip_offset_frames", "clip_confidence", "source_offset_frames", "source_confidence", "sync_method",
               "source"]
-MAX_LAG_FRAMES = 15
-PEAK_SHOULDER = 3  # lags within this distance of the best one are its shoulders, not rivals
-SYNC_CONTEXT_FRAMES = 4  # audio frames each side of the mouth frame the store model sees
-SYNC_MEL_BANDS = 40
-SYNC_RIDGE = 1.0  # ridge penalty per training frame (features are standardised)
-SYNC_ITERATIONS = 2
-SYNC_MIN_TRAINING_SECONDS = 60.0  # other sources' audio the store model needs; less: per-clip regression
 MEASUREMENT_VERSION = 2  # raise when measure_clip changes, so cached measurements are redone
 
 
@@ -80,7 +72,7 @@ class QAReport:
     processed: Path
     table_path: Path     # runs/<id>/qa.csv
     measured_clips: int  # clips measured now (the others came from the store's cache)
-    lag_scores: dict     # clip_id -> the score of every lag (-MAX_LAG_FRAMES..MAX_LAG_FRAMES) its offset came from
+    lag_scores: dict     # clip_id -> the score of every lag (-MAX_LAG_FRAMES..MAX_LAG_FRAMES of a2m_lib.sync) its offset came from
 
     @property
     def accepted(self) -> list[str]:
@@ -92,148 +84,14 @@ class QAReport:
         return self.table.loc[self.table.av_offset_frames.abs().idxmax(), "clip_id"]
 
 
-def _interpolate_nan(values: np.ndarray) -> np.ndarray:
-    good = np.isfinite(values)
-    if good.sum() < 2:
-        return np.nan_to_num(values)
-    return np.interp(np.arange(len(values)), np.flatnonzero(good), values[good])
-
-
-def band_energies(audio: np.ndarray, sample_rate: int, fps: float, n_frames: int, n_bands: int = 8,
-                  fmax: float = 4000) -> np.ndarray:
-    """Log mel-band energies (80 Hz to fmax) per video frame, (n_frames, n_bands).
-
-    librosa centres frame k at k * hop; video frame k is centred at (k + 0.5) * hop, so the audio is
-    advanced by half a hop first. Without that, every lag came out half a frame late.
-    """
-    hop = int(round(sample_rate / fps))
-    audio = audio[hop // 2:]
-    power = librosa.feature.melspectrogram(y=audio, sr=sample_rate, n_fft=1024, hop_length=hop, n_mels=n_bands,
-                                           fmin=80, fmax=min(fmax, sample_rate // 2))
-    energies = np.log(power + 1e-6).T
-    return np.pad(energies, ((0, max(0, n_frames - len(energies))), (0, 0)), mode="edge")[:n_frames]
-
-
-MOUTH_DISTANCES = ((13, 14), (0, 17), (61, 291), (78, 308), (1, 152))  # inner/outer opening, widths, nose-chin
-
-
-def mouth_features(meshes: np.ndarray) -> np.ndarray:
-    """Five mouth distances per frame, (T, 5), gaps (no face) filled by linear interpolation."""
-    columns = [np.linalg.norm(meshes[:, a] - meshes[:, b], axis=-1) for a, b in MOUTH_DISTANCES]
-    return np.stack([_interpolate_nan(column) for column in columns], axis=1)
-
-
-def estimate_av_offset(mouth: np.ndarray, energies: np.ndarray, max_lag: int = MAX_LAG_FRAMES) -> tuple[int, float, np.ndarray]:
-    """The per-clip regression: best lag (frames, positive = audio late), its confidence, every lag's score.
-
-    At each lag a small ridge regression fitted on this clip alone predicts each mouth distance from the
-    mel-band energies of the shifted audio; the lag's score is the mean R^2. Several bands matter:
-    loudness alone cannot tell an open "a" from a spread "i", the formants can. Every lag is scored on the
-    same central frames (an overlap that shrinks with the lag would favour the extreme lags, since the fit
-    is in-sample), and scores are smoothed over neighbouring lags.
-    """
-    # Ridge regression written out with numpy (three lines) rather than adding scikit-learn for it.
-    mouth = mouth.reshape(len(mouth), -1)
-    frames = np.arange(max_lag, len(mouth) - max_lag)
-    scores = []
-    for lag in range(-max_lag, max_lag + 1):
-        design = np.c_[energies[frames + lag], np.ones(len(frames))]
-        gram = design.T @ design + 0.1 * np.eye(design.shape[1])
-        targets = mouth[frames]
-        residual = targets - design @ np.linalg.solve(gram, design.T @ targets)
-        scores.append(np.mean(1 - residual.var(0) / (targets.var(0) + 1e-12)))
-    scores = np.convolve(np.array(scores), [0.25, 0.5, 0.25], mode="same")
-    return (*_peak(scores), scores)
-
-
-def _peak(scores: np.ndarray) -> tuple[int, float]:
-    """(lag of the best score, confidence: the best score minus the best rival more than PEAK_SHOULDER lags away)."""
-    best = int(np.argmax(scores))
-    rivals = np.abs(np.arange(len(scores)) - best) > PEAK_SHOULDER
-    return best - (len(scores) - 1) // 2, float(scores[best] - scores[rivals].max())
-
-
-def _standardise(values: np.ndarray) -> np.ndarray:
-    return (values - values.mean(0)) / (values.std(0) + 1e-6)
-
-
-def sync_features(clip: dict, sample_rate: int) -> tuple[np.ndarray, np.ndarray]:
-    """What the store model reads of one clip: (audio (T, SYNC_MEL_BANDS x (2 SYNC_CONTEXT_FRAMES + 1)),
-    mouth (T, 5)), each standardised over the clip, so no speaker's voice or face size sets the scale."""
-    n_frames = int(clip["meta"]["n_frames"])
-    energies = _standardise(band_energies(clip["audio"], sample_rate, float(clip["meta"]["fps"]), n_frames,
-                                          n_bands=SYNC_MEL_BANDS, fmax=7600))
-    k = SYNC_CONTEXT_FRAMES
-    padded = np.pad(energies, ((k, k), (0, 0)), mode="edge")
-    audio = np.concatenate([padded[i:i + n_frames] for i in range(2 * k + 1)], axis=1)
-    return audio.astype(np.float32), _standardise(mouth_features(clip["mesh"])).astype(np.float32)
-
-
-def _overlap(n_frames: int, lag: int) -> np.ndarray:
-    """Mouth frames t whose audio frame t + lag exists."""
-    return np.arange(max(0, -lag), min(n_frames, n_frames - lag))
-
-
-def _normal_equations(audio: np.ndarray, mouth: np.ndarray, lag: int) -> tuple[np.ndarray, np.ndarray, int]:
-    frames = _overlap(len(mouth), lag)
-    design = np.c_[audio[frames + lag], np.ones(len(frames), np.float32)].astype(np.float64)
-    return design.T @ design, design.T @ mouth[frames], len(frames)
-
-
-def sync_lag_scores(audio: np.ndarray, mouth: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """The store model's score of every lag for one clip: the correlation of the mouth predicted from the
-    audio shifted by the lag with the measured mouth, over the frames both cover, averaged over distances."""
-    predicted = np.c_[audio, np.ones(len(audio), np.float32)] @ weights
-    scores = []
-    for lag in range(-MAX_LAG_FRAMES, MAX_LAG_FRAMES + 1):
-        frames = _overlap(len(mouth), lag)
-        scores.append(np.mean(_standardise(predicted[frames + lag]) * _standardise(mouth[frames])))
-    return np.array(scores)
-
-
-def store_sync_scores(features: dict, sources: dict, offsets: dict, min_frames: float) -> dict:
-    """Lag scores of every clip from the store model (see the module docstring), or None for the clips of
-    a source whose other sources hold fewer than min_frames frames to learn from.
-
-    features: clip_id -> sync_features; sources: clip_id -> source; offsets: source -> initial offset.
-    Each source's equations are summed once, so leaving a source out is a subtraction, not a refit.
-    """
-    by_source: dict[str, list] = {}
-    for clip_id, source in sources.items():
-        by_source.setdefault(source, []).append(clip_id)
-    scores: dict[str, np.ndarray | None] = {}
-    for _ in range(SYNC_ITERATIONS):
-        sums = {}
-        for source, clip_ids in by_source.items():
-            parts = [_normal_equations(*features[c], offsets[source]) for c in clip_ids]
-            sums[source] = tuple(sum(part[i] for part in parts) for i in range(3))
-        total = tuple(sum(part[i] for part in sums.values()) for i in range(3))
-        for source, clip_ids in by_source.items():
-            gram, moment, n_frames = (total[i] - sums[source][i] for i in range(3))
-            if n_frames < min_frames:
-                scores.update({c: None for c in clip_ids})
-                continue
-            weights = np.linalg.solve(gram + SYNC_RIDGE * n_frames * np.eye(len(gram)), moment)
-            scores.update({c: sync_lag_scores(*features[c], weights) for c in clip_ids})
-        offsets = {source: _peak(_pool([(scores[c], len(features[c][1])) for c in clip_ids]))[0]
-                   if scores[clip_ids[0]] is not None else offsets[source] for source, clip_ids in by_source.items()}
-    return scores
-
-
-def _pool(curves: list[tuple[np.ndarray, int]]) -> np.ndarray:
-    """The frame-weighted mean of several clips' lag scores."""
-    return sum(curve * n for curve, n in curves) / sum(n for _, n in curves)
-
-
 def measure_clip(clip: dict, sample_rate: int) -> tuple[dict, np.ndarray | None]:
     """The QA measurements of one clip, and its A/V lag scores (None when the clip is too short to tell)."""
     meta = clip["meta"]
     fps, n_frames = float(meta["fps"]), int(meta["n_frames"])
     expected_frames = store.expected_frames(len(clip["audio"]), sample_rate, fps)
     scores = None
-    if n_frames > 3 * MAX_LAG_FRAMES and clip["face_found"].sum() > 2:
-        energies = band_energies(clip["audio"], sample_rate, fps, n_frames)
-        scores = estimate_av_offset(mouth_features(clip["mesh"]), energies)[2]
+    if n_frames > 3 * sync.MAX_LAG_FRAMES and clip["face_found"].sum() > 2:
+        scores = sync.clip_lag_scores(clip["mesh"], clip["audio"], sample_rate, fps)
     stable = clip["mesh"][:, regions.STABLE]
     jitter = float(np.nanmean(np.linalg.norm(np.diff(stable, axis=0), axis=-1))) if n_frames > 1 else 0.0
     row = dict(clip_id=meta["clip_id"], speaker=meta["speaker"], language=meta.get("language", ""),
@@ -280,7 +138,7 @@ def judge(row: dict, cfg: QAConfig) -> dict:
 def _measurements_path(processed: Path, sample_rate: int) -> Path:
     """The store's cache of measure_clip results for these measurement settings."""
     key = hashlib.sha256(json.dumps(dict(version=MEASUREMENT_VERSION, sample_rate=sample_rate,
-                                         max_lag=MAX_LAG_FRAMES)).encode()).hexdigest()[:12]
+                                         max_lag=sync.MAX_LAG_FRAMES)).encode()).hexdigest()[:12]
     return processed / "measurements" / f"{key}.json"
 
 
@@ -318,26 +176,26 @@ def check_store(processed: str | Path, cfg: QAConfig, sample_rate: int = 16000, 
     sources = {clip_id: rows[clip_id]["source"] for clip_id in clip_scores}
     initial = {}  # each source's pooled per-clip-regression offset: the store model's first alignment
     for source in set(sources.values()):
-        initial[source] = _peak(_pool([(clip_scores[c], rows[c]["n_frames"]) for c in sources if sources[c] == source]))[0]
+        initial[source] = sync.peak(sync.pool([(clip_scores[c], rows[c]["n_frames"]) for c in sources if sources[c] == source]))[0]
     features, rates = {}, []
     for clip_id in tqdm(clip_scores, desc="sync features", leave=False, disable=not progress):
         clip = store.load_clip(processed, clip_id, keys=("audio", "mesh"))
-        features[clip_id] = sync_features(clip, sample_rate)
+        features[clip_id] = sync.sync_features(clip, sample_rate)
         rates.append(float(clip["meta"]["fps"]))
-    min_frames = SYNC_MIN_TRAINING_SECONDS * float(np.median(rates or [30.0]))
-    for clip_id, scores in store_sync_scores(features, sources, initial, min_frames).items():
+    min_frames = sync.SYNC_MIN_TRAINING_SECONDS * float(np.median(rates or [30.0]))
+    for clip_id, scores in sync.store_sync_scores(features, sources, initial, min_frames).items():
         if scores is not None:
             clip_scores[clip_id], methods[clip_id] = scores, "store"
     pooled = {}
     for source in set(sources.values()):
         members = [c for c in sources if sources[c] == source]
-        pooled[source] = (_pool([(clip_scores[c], rows[c]["n_frames"]) for c in members]), len(members))
+        pooled[source] = (sync.pool([(clip_scores[c], rows[c]["n_frames"]) for c in members]), len(members))
     table_rows = []
     for row, _ in measured:
         clip_id = row["clip_id"]
         if clip_id in clip_scores:
-            (offset, confidence), (source_curve, count) = _peak(clip_scores[clip_id]), pooled[row["source"]]
-            source_offset, source_confidence = _peak(source_curve)
+            (offset, confidence), (source_curve, count) = sync.peak(clip_scores[clip_id]), pooled[row["source"]]
+            source_offset, source_confidence = sync.peak(source_curve)
         else:  # too short to tell: nothing to decide on
             offset, confidence, source_offset, source_confidence, count = 0, 0.0, 0, 0.0, 1
         row = dict(row, clip_offset_frames=offset, clip_confidence=round(confidence, 4),
@@ -360,7 +218,7 @@ def lag_trace(report: QAReport, clip_id: str, sample_rate: int = 16000) -> dict:
     scores = report.lag_scores.get(clip_id)
     return dict(fps=float(clip["meta"]["fps"]), opening=regions.mouth_opening(clip["mesh"]), audio=clip["audio"],
                 lag=int(row.clip_offset_frames), confidence=float(row.clip_confidence), method=row.sync_method,
-                scores=scores, lags=np.arange(-MAX_LAG_FRAMES, MAX_LAG_FRAMES + 1))
+                scores=scores, lags=np.arange(-sync.MAX_LAG_FRAMES, sync.MAX_LAG_FRAMES + 1))
 
 
 def offset_agreement(table: pd.DataFrame) -> pd.DataFrame:

@@ -6,8 +6,12 @@ Layout of a store (`data.processed`, e.g. data/processed/demo):
     sources/<source>.json    per source video: {"source", "source_hash", "settings", "rows"}; written last,
                              so it marks the source as done. `rows` are its manifest rows
     manifest.csv             every row of sources/*.json (MANIFEST_COLUMNS): one per clip (status ok), per
-                             skipped piece (skipped, with the reason), per failed source (failed, with the reason)
-    measurements/<key>.csv   QA's per-clip measurements (offset scores, face coverage), cached by the settings
+                             skipped piece (skipped, with the reason), per failed source (failed, with the reason).
+                             With several faces on screen: face_choice (one face | speaker: the face whose mouth
+                             follows the audio | largest: the largest, most central, the evidence being weak),
+                             face_centre ("x,y" source pixels of the face kept), face_sync_score and
+                             other_face_sync_score (a2m_lib.extract.choose_speaker)
+    measurements/<key>.json  QA's per-clip measurements (offset scores, face coverage), cached by the settings
                              that produce them (a2m_lib.qa); decisions are not kept here but in each run
     tmp/                     landmarks of the video being tracked, spooled to disk (deleted when done)
 
@@ -16,7 +20,7 @@ are 9.0 apart, about 1 cm, see a2m_lib.mesh), frames at `fps` from the clip's me
 `sample_rate` (16 kHz), starting at the clip's first frame.
 
 Runs never write into the store. A run's accept/reject table is `runs/<id>/qa.csv` (QA_COLUMNS of
-a2m_lib.qa); `accepted_clips(run_dir)` reads its `pass` rows, and `load_example` turns one row into what
+a2m_lib.qa); `accepted_clips(run_dir)` reads its rows marked `use`, and `load_example` turns one row into what
 training, evaluation and prediction consume: audio with the run's QA shift applied, the mesh, the mask of
 frames with a face, fps, speaker and language. A run's neutral meshes are `runs/<id>/neutral/<speaker>.npz`
 (save_neutral / load_neutral / load_neutrals; chosen by a2m_lib.neutral).
@@ -33,7 +37,8 @@ import numpy as np
 from . import files
 
 MANIFEST_COLUMNS = ["clip_id", "speaker", "language", "source", "start", "end", "n_frames", "audio_seconds",
-                    "fps", "status", "reason", "settings", "source_hash", "interpolated_frames", "multi_face_frames"]
+                    "fps", "status", "reason", "settings", "source_hash", "interpolated_frames", "multi_face_frames",
+                    "face_choice", "face_centre", "face_sync_score", "other_face_sync_score"]
 CLIP_KEYS = {
     "mesh": "(T, 478, 3) float32 pose-free mesh in mesh units (see a2m_lib.mesh); NaN where no face",
     "landmarks_image": "(T, 478, 3) float32 MediaPipe landmarks in source pixels (z on the x scale)",

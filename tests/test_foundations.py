@@ -32,7 +32,7 @@ def test_stages_depend_on_shared_modules_not_on_each_other():
     for stage in STAGES:
         imported = _relative_imports(REPO / "a2m_lib" / f"{stage}.py")
         assert not imported & (STAGES - {stage}), f"{stage}.py imports {imported & STAGES}"
-    for shared in ("store", "files", "workers", "regions", "metrics", "model", "dataset", "config", "media"):
+    for shared in ("store", "files", "workers", "regions", "metrics", "model", "dataset", "config", "media", "sync"):
         assert not _relative_imports(REPO / "a2m_lib" / f"{shared}.py") & STAGES, shared
 
 

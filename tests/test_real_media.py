@@ -1,9 +1,11 @@
 """Extraction and QA on real talking-head clips from ../shared/eval_media (skipped when absent)."""
 import subprocess
+from types import SimpleNamespace
 
 import pytest
 
 from a2m_lib import extract, media, qa, regions, store
+from a2m_lib.config import QAConfig
 
 from .conftest import require_eval_media
 
@@ -87,3 +89,86 @@ def test_tasks_backend_without_a_task_file_is_a_clear_error(tmp_path, cfg):
     (tmp_path / "raw").mkdir()
     with pytest.raises(FileNotFoundError, match="task_file"):
         extract.extract_store(tmp_path / "raw", tmp_path / "out", cfg.data, replace(cfg.extract, extractor="tasks"))
+
+
+@pytest.fixture(scope="module")
+def shared_store(tmp_path_factory, cfg):
+    """Every real talking-head video of ../shared/eval_media that the real-footage benchmark uses, extracted
+    into 3-6 s clips as a user's footage would be, and QA'd with the demo's settings; plus four videos
+    with two faces side by side (_two_face_composites)."""
+    require_eval_media("lipnet/GRID_bbaf2n.mpg")
+    from benchmarks.real_footage import build_raw
+
+    raw = tmp_path_factory.mktemp("shared_raw")
+    assert build_raw(raw) > 40
+    truth = _two_face_composites(raw, cfg)
+    out = tmp_path_factory.mktemp("shared_processed")
+    manifest = extract.extract_store(raw, out, cfg.data, cfg.extract, progress=False)
+    report = qa.check_store(out, cfg.qa, cfg.data.sample_rate, run_dir=out / "run", progress=False)
+    return SimpleNamespace(report=report, manifest=manifest, truth=truth, processed=out)
+
+
+def test_per_clip_offsets_agree_with_their_source_on_real_clips(shared_store):
+    table = shared_store.report.table
+    assert (table.sync_method == "store").mean() > 0.9  # enough other sources to learn the sync model from
+    clips = qa.offset_agreement(table)  # the clips of sources cut into several 3-6 s clips
+    assert len(clips) >= 40 and clips.n_frames.max() <= 6 * 30 + 1
+    agree = clips.error <= 1
+    assert agree.mean() >= 0.95, clips.loc[~agree, ["clip_id", "clip_offset_frames", "source_offset_frames"]]
+    # The confidence means something: the clips that disagree are the unsure ones.
+    unsure = clips.clip_confidence < QAConfig().min_offset_confidence
+    assert agree[~unsure].mean() >= 0.98 and (~agree).sum() <= unsure.sum()
+
+
+def test_unsure_clips_are_marked_uncertain_not_rejected_or_corrected(shared_store, cfg):
+    from dataclasses import replace
+
+    report = shared_store.report
+    table = report.table
+    unsure = table[table.clip_confidence < cfg.qa.min_offset_confidence]
+    uncertain = table[table.status == "uncertain"]
+    assert len(uncertain) and set(uncertain.clip_id) <= set(unsure.clip_id)
+    assert (uncertain.audio_shift_frames == 0).all() and not uncertain.use.any()
+    assert uncertain.reason.str.contains("unsure").all()
+    # qa.use_uncertain puts them back into what training reads, with the same statuses.
+    lenient = qa.check_store(shared_store.processed, replace(cfg.qa, use_uncertain=True), cfg.data.sample_rate,
+                             run_dir=shared_store.processed / "lenient", progress=False)
+    assert set(lenient.accepted) == set(report.accepted) | set(uncertain.clip_id)
+    assert (lenient.table.status == table.status).all()
+
+
+TWO_FACES = {"man": "video-retalking/face_2.mp4", "woman": "video-retalking/face_3.mp4"}
+
+
+def _two_face_composites(raw, cfg) -> dict:
+    """Two real speaking clips side by side (ffmpeg hstack) with the audio of one of them, in both orders and
+    with either audio: {file stem: the side, left or right, of the face whose audio it is}."""
+    man, woman = require_eval_media(*TWO_FACES.values())
+    speakers = {"man": man, "woman": woman}
+    (raw / "two_faces").mkdir()
+    truth = {}
+    for left, right in (("man", "woman"), ("woman", "man")):
+        for voice in ("man", "woman"):
+            name = f"{left}_{right}_voice_{voice}"
+            subprocess.run([media.ffmpeg_exe(), "-loglevel", "error", "-i", str(speakers[left]), "-i", str(speakers[right]),
+                            "-i", str(speakers[voice]), "-filter_complex",
+                            "[0:v]scale=512:512,fps=25[a];[1:v]scale=512:512,fps=25[b];[a][b]hstack=inputs=2[v]",
+                            "-map", "[v]", "-map", "2:a", "-shortest", str(raw / "two_faces" / f"{name}.mp4")], check=True)
+            truth[name] = "left" if voice == left else "right"
+    return truth
+
+
+def test_the_face_that_speaks_is_kept_when_two_are_on_screen(shared_store):
+    manifest = shared_store.manifest.set_index("clip_id")
+    table = shared_store.report.table.set_index("clip_id")
+    for name, side in shared_store.truth.items():
+        clip_id = f"two_faces__{name}"
+        row = manifest.loc[clip_id]
+        assert row.face_choice == "speaker" and row.face_sync_score > row.other_face_sync_score, row.to_dict()
+        assert "mouth follows the audio" in row.reason
+        clip = store.load_clip(shared_store.processed, clip_id, keys=("landmarks_image",))
+        x = clip["landmarks_image"][..., 0].mean(axis=1)  # the kept face's centre, frame by frame
+        on_side = (x < 512) if side == "left" else (x >= 512)
+        assert on_side.mean() >= 0.95, (clip_id, side, on_side.mean())
+        assert int(row.face_centre.split(",")[0]) < 512 if side == "left" else int(row.face_centre.split(",")[0]) >= 512
+        assert table.loc[clip_id, "status"] == "pass", table.loc[clip_id].to_dict()

@@ -1,0 +1,159 @@
+"""How well a clip's mouth follows its audio, at every audio/video lag: the measurements behind QA's offsets
+(a2m_lib.qa, which documents the method and the decisions) and extraction's choice of the face that speaks.
+
+    scores = sync.clip_lag_scores(clip["mesh"], clip["audio"], sample_rate, fps)  # per-clip regression
+    lag, confidence = sync.peak(scores)     # positive lag = audio late
+    scores = sync.store_sync_scores(features, sources, offsets, min_frames)      # the store model
+
+Lags run from -MAX_LAG_FRAMES to MAX_LAG_FRAMES; a score array has one entry per lag.
+"""
+from __future__ import annotations
+
+import librosa
+import numpy as np
+
+MAX_LAG_FRAMES = 15
+PEAK_SHOULDER = 3  # lags within this distance of the best one are its shoulders, not rivals
+SYNC_CONTEXT_FRAMES = 4  # audio frames each side of the mouth frame the store model sees
+SYNC_MEL_BANDS = 40
+SYNC_RIDGE = 1.0  # ridge penalty per training frame (features are standardised)
+SYNC_ITERATIONS = 2
+SYNC_MIN_TRAINING_SECONDS = 60.0  # other sources' audio the store model needs; less: per-clip regression
+
+
+def _interpolate_nan(values: np.ndarray) -> np.ndarray:
+    good = np.isfinite(values)
+    if good.sum() < 2:
+        return np.nan_to_num(values)
+    return np.interp(np.arange(len(values)), np.flatnonzero(good), values[good])
+
+
+def band_energies(audio: np.ndarray, sample_rate: int, fps: float, n_frames: int, n_bands: int = 8,
+                  fmax: float = 4000) -> np.ndarray:
+    """Log mel-band energies (80 Hz to fmax) per video frame, (n_frames, n_bands).
+
+    librosa centres frame k at k * hop; video frame k is centred at (k + 0.5) * hop, so the audio is
+    advanced by half a hop first. Without that, every lag came out half a frame late.
+    """
+    hop = int(round(sample_rate / fps))
+    audio = audio[hop // 2:]
+    power = librosa.feature.melspectrogram(y=audio, sr=sample_rate, n_fft=1024, hop_length=hop, n_mels=n_bands,
+                                           fmin=80, fmax=min(fmax, sample_rate // 2))
+    energies = np.log(power + 1e-6).T
+    return np.pad(energies, ((0, max(0, n_frames - len(energies))), (0, 0)), mode="edge")[:n_frames]
+
+
+MOUTH_DISTANCES = ((13, 14), (0, 17), (61, 291), (78, 308), (1, 152))  # inner/outer opening, widths, nose-chin
+
+
+def mouth_features(meshes: np.ndarray) -> np.ndarray:
+    """Five mouth distances per frame, (T, 5), gaps (no face) filled by linear interpolation."""
+    columns = [np.linalg.norm(meshes[:, a] - meshes[:, b], axis=-1) for a, b in MOUTH_DISTANCES]
+    return np.stack([_interpolate_nan(column) for column in columns], axis=1)
+
+
+def estimate_av_offset(mouth: np.ndarray, energies: np.ndarray, max_lag: int = MAX_LAG_FRAMES) -> tuple[int, float, np.ndarray]:
+    """The per-clip regression: best lag (frames, positive = audio late), its confidence, every lag's score.
+
+    At each lag a small ridge regression fitted on this clip alone predicts each mouth distance from the
+    mel-band energies of the shifted audio; the lag's score is the mean R^2. Several bands matter:
+    loudness alone cannot tell an open "a" from a spread "i", the formants can. Every lag is scored on the
+    same central frames (an overlap that shrinks with the lag would favour the extreme lags, since the fit
+    is in-sample), and scores are smoothed over neighbouring lags.
+    """
+    # Ridge regression written out with numpy (three lines) rather than adding scikit-learn for it.
+    mouth = mouth.reshape(len(mouth), -1)
+    frames = np.arange(max_lag, len(mouth) - max_lag)
+    scores = []
+    for lag in range(-max_lag, max_lag + 1):
+        design = np.c_[energies[frames + lag], np.ones(len(frames))]
+        gram = design.T @ design + 0.1 * np.eye(design.shape[1])
+        targets = mouth[frames]
+        residual = targets - design @ np.linalg.solve(gram, design.T @ targets)
+        scores.append(np.mean(1 - residual.var(0) / (targets.var(0) + 1e-12)))
+    scores = np.convolve(np.array(scores), [0.25, 0.5, 0.25], mode="same")
+    return (*peak(scores), scores)
+
+
+def peak(scores: np.ndarray) -> tuple[int, float]:
+    """(lag of the best score, confidence: the best score minus the best rival more than PEAK_SHOULDER lags away)."""
+    best = int(np.argmax(scores))
+    rivals = np.abs(np.arange(len(scores)) - best) > PEAK_SHOULDER
+    return best - (len(scores) - 1) // 2, float(scores[best] - scores[rivals].max())
+
+
+def _standardise(values: np.ndarray) -> np.ndarray:
+    return (values - values.mean(0)) / (values.std(0) + 1e-6)
+
+
+def sync_features(clip: dict, sample_rate: int) -> tuple[np.ndarray, np.ndarray]:
+    """What the store model reads of one clip: (audio (T, SYNC_MEL_BANDS x (2 SYNC_CONTEXT_FRAMES + 1)),
+    mouth (T, 5)), each standardised over the clip, so no speaker's voice or face size sets the scale."""
+    n_frames = int(clip["meta"]["n_frames"])
+    energies = _standardise(band_energies(clip["audio"], sample_rate, float(clip["meta"]["fps"]), n_frames,
+                                          n_bands=SYNC_MEL_BANDS, fmax=7600))
+    k = SYNC_CONTEXT_FRAMES
+    padded = np.pad(energies, ((k, k), (0, 0)), mode="edge")
+    audio = np.concatenate([padded[i:i + n_frames] for i in range(2 * k + 1)], axis=1)
+    return audio.astype(np.float32), _standardise(mouth_features(clip["mesh"])).astype(np.float32)
+
+
+def _overlap(n_frames: int, lag: int) -> np.ndarray:
+    """Mouth frames t whose audio frame t + lag exists."""
+    return np.arange(max(0, -lag), min(n_frames, n_frames - lag))
+
+
+def _normal_equations(audio: np.ndarray, mouth: np.ndarray, lag: int) -> tuple[np.ndarray, np.ndarray, int]:
+    frames = _overlap(len(mouth), lag)
+    design = np.c_[audio[frames + lag], np.ones(len(frames), np.float32)].astype(np.float64)
+    return design.T @ design, design.T @ mouth[frames], len(frames)
+
+
+def sync_lag_scores(audio: np.ndarray, mouth: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """The store model's score of every lag for one clip: the correlation of the mouth predicted from the
+    audio shifted by the lag with the measured mouth, over the frames both cover, averaged over distances."""
+    predicted = np.c_[audio, np.ones(len(audio), np.float32)] @ weights
+    scores = []
+    for lag in range(-MAX_LAG_FRAMES, MAX_LAG_FRAMES + 1):
+        frames = _overlap(len(mouth), lag)
+        scores.append(np.mean(_standardise(predicted[frames + lag]) * _standardise(mouth[frames])))
+    return np.array(scores)
+
+
+def store_sync_scores(features: dict, sources: dict, offsets: dict, min_frames: float) -> dict:
+    """Lag scores of every clip from the store model (see the module docstring), or None for the clips of
+    a source whose other sources hold fewer than min_frames frames to learn from.
+
+    features: clip_id -> sync_features; sources: clip_id -> source; offsets: source -> initial offset.
+    Each source's equations are summed once, so leaving a source out is a subtraction, not a refit.
+    """
+    by_source: dict[str, list] = {}
+    for clip_id, source in sources.items():
+        by_source.setdefault(source, []).append(clip_id)
+    scores: dict[str, np.ndarray | None] = {}
+    for _ in range(SYNC_ITERATIONS):
+        sums = {}
+        for source, clip_ids in by_source.items():
+            parts = [_normal_equations(*features[c], offsets[source]) for c in clip_ids]
+            sums[source] = tuple(sum(part[i] for part in parts) for i in range(3))
+        total = tuple(sum(part[i] for part in sums.values()) for i in range(3))
+        for source, clip_ids in by_source.items():
+            gram, moment, n_frames = (total[i] - sums[source][i] for i in range(3))
+            if n_frames < min_frames:
+                scores.update({c: None for c in clip_ids})
+                continue
+            weights = np.linalg.solve(gram + SYNC_RIDGE * n_frames * np.eye(len(gram)), moment)
+            scores.update({c: sync_lag_scores(*features[c], weights) for c in clip_ids})
+        offsets = {source: peak(pool([(scores[c], len(features[c][1])) for c in clip_ids]))[0]
+                   if scores[clip_ids[0]] is not None else offsets[source] for source, clip_ids in by_source.items()}
+    return scores
+
+
+def pool(curves: list[tuple[np.ndarray, int]]) -> np.ndarray:
+    """The frame-weighted mean of several clips' lag scores."""
+    return sum(curve * n for curve, n in curves) / sum(n for _, n in curves)
+
+
+def clip_lag_scores(meshes: np.ndarray, audio: np.ndarray, sample_rate: int, fps: float) -> np.ndarray:
+    """The per-clip regression's score of every lag for a clip's meshes (T, N, 3) and its audio."""
+    return estimate_av_offset(mouth_features(meshes), band_energies(audio, sample_rate, fps, len(meshes)))[2]
