@@ -95,13 +95,14 @@ def test_tasks_backend_without_a_task_file_is_a_clear_error(tmp_path, cfg):
 def shared_store(tmp_path_factory, cfg):
     """Every real talking-head video of ../shared/eval_media that the real-footage benchmark uses, extracted
     into 3-6 s clips as a user's footage would be, and QA'd with the demo's settings; plus four videos
-    with two faces side by side (_two_face_composites)."""
+    with two faces side by side (benchmarks/sync.py)."""
     require_eval_media("lipnet/GRID_bbaf2n.mpg")
     from benchmarks.real_footage import build_raw
+    from benchmarks.sync import two_face_composites
 
     raw = tmp_path_factory.mktemp("shared_raw")
     assert build_raw(raw) > 40
-    truth = _two_face_composites(raw, cfg)
+    truth = two_face_composites(raw)
     out = tmp_path_factory.mktemp("shared_processed")
     manifest = extract.extract_store(raw, out, cfg.data, cfg.extract, progress=False)
     report = qa.check_store(out, cfg.qa, cfg.data.sample_rate, run_dir=out / "run", progress=False)
@@ -135,27 +136,6 @@ def test_unsure_clips_are_marked_uncertain_not_rejected_or_corrected(shared_stor
                              run_dir=shared_store.processed / "lenient", progress=False)
     assert set(lenient.accepted) == set(report.accepted) | set(uncertain.clip_id)
     assert (lenient.table.status == table.status).all()
-
-
-TWO_FACES = {"man": "video-retalking/face_2.mp4", "woman": "video-retalking/face_3.mp4"}
-
-
-def _two_face_composites(raw, cfg) -> dict:
-    """Two real speaking clips side by side (ffmpeg hstack) with the audio of one of them, in both orders and
-    with either audio: {file stem: the side, left or right, of the face whose audio it is}."""
-    man, woman = require_eval_media(*TWO_FACES.values())
-    speakers = {"man": man, "woman": woman}
-    (raw / "two_faces").mkdir()
-    truth = {}
-    for left, right in (("man", "woman"), ("woman", "man")):
-        for voice in ("man", "woman"):
-            name = f"{left}_{right}_voice_{voice}"
-            subprocess.run([media.ffmpeg_exe(), "-loglevel", "error", "-i", str(speakers[left]), "-i", str(speakers[right]),
-                            "-i", str(speakers[voice]), "-filter_complex",
-                            "[0:v]scale=512:512,fps=25[a];[1:v]scale=512:512,fps=25[b];[a][b]hstack=inputs=2[v]",
-                            "-map", "[v]", "-map", "2:a", "-shortest", str(raw / "two_faces" / f"{name}.mp4")], check=True)
-            truth[name] = "left" if voice == left else "right"
-    return truth
 
 
 def test_the_face_that_speaks_is_kept_when_two_are_on_screen(shared_store):
