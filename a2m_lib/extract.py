@@ -115,7 +115,8 @@ def track_video(frames: media.FrameReader, fps: float, extract_cfg: ExtractConfi
     missing = np.full((n_points, 3), np.nan, np.float32)
     no_blendshapes, no_matrix = np.full(52, np.nan, np.float32), np.full((4, 4), np.nan, np.float32)
     spool.parent.mkdir(parents=True, exist_ok=True)
-    second_spool, second, second_row = spool.with_suffix(".second.f32"), None, missing.tobytes()
+    missing_row = missing.tobytes()
+    second_spool, second, second_row = spool.with_suffix(".second.f32"), None, missing_row
     with _tracker(fps, extract_cfg, background) as tracker, open(spool, "wb") as spooled:
         try:
             for frame, repeated in frames:
@@ -126,12 +127,13 @@ def track_video(frames: media.FrameReader, fps: float, extract_cfg: ExtractConfi
                     if shrink < 1:
                         frame = cv2.resize(frame, None, fx=shrink, fy=shrink, interpolation=cv2.INTER_AREA)
                     points, count, *task_outputs = tracker.track(frame)
-                    row = (missing if points is None else (points / shrink).astype(np.float32)).tobytes()
+                    row = missing_row if points is None else (points / shrink).astype(np.float32).tobytes()
                     other = tracker.second_face
                     if other is not None and second is None:  # the first frame with two faces
                         second = open(second_spool, "wb")
-                        second.write(missing.tobytes() * len(n_faces))
-                    second_row = missing.tobytes() if other is None else (other / shrink).astype(np.float32).tobytes()
+                        second.write(missing_row * len(n_faces))
+                    if second is not None:
+                        second_row = missing_row if other is None else (other / shrink).astype(np.float32).tobytes()
                 spooled.write(row)
                 if second is not None:
                     second.write(second_row)
@@ -421,8 +423,7 @@ def _clips_from_tracks(job: Job, source_hash: str, audio: np.ndarray, tracks: tu
         else:
             piece_audio = audio[int(round(start * samples_per_frame)): int(round(end * samples_per_frame))]
         piece, piece_found = landmarks[start:end], found[start:end]
-        face = dict(face_choice="one face", face_sync_score=np.nan, other_face_sync_score=np.nan)
-        notes = []
+        face, why = dict(face_choice="one face", face_sync_score=np.nan, other_face_sync_score=np.nan), ""
         if n_faces[start:end].max() > 1:
             other = second_face[start:end] if second_face is not None else None
             presence = np.isfinite(other[:, 0, 0]).mean() if other is not None else 0.0
@@ -437,17 +438,17 @@ def _clips_from_tracks(job: Job, source_hash: str, audio: np.ndarray, tracks: tu
                             other_face_sync_score=round(other_score, 4))
                 why = ("its mouth follows the audio" if speaks else
                        "the largest, most central: neither mouth follows the audio clearly better")
-                notes.append(f"{int((n_faces[start:end] > 1).sum())} frames showed several faces; kept the face at "
-                             f"{_centre(piece)} px, {why} (sync {first_score:.2f} vs {other_score:.2f})")
+                why += f" (sync {first_score:.2f} vs {other_score:.2f})"
             else:
                 face["face_choice"] = "largest"
-                notes.append(f"{int((n_faces[start:end] > 1).sum())} frames showed several faces; the largest, most "
-                             "central was used (the second face is not on screen long enough to compare)")
+                why = "the largest, most central (the second face is not on screen long enough to compare)"
         piece_landmarks, interpolated = _interpolate_gaps(piece, piece_found)
         row = dict(common, clip_id=clip_id, start=round(start / fps, 4), end=round(end / fps, 4), n_frames=end - start,
                    audio_seconds=round(len(piece_audio) / data_cfg.sample_rate, 6), status="ok", reason="",
                    interpolated_frames=int(interpolated.sum()), multi_face_frames=int((n_faces[start:end] > 1).sum()),
                    face_centre=_centre(piece_landmarks), **face)
+        notes = [f"{row['multi_face_frames']} frames showed several faces; kept the face at {row['face_centre']} px, "
+                 f"{why}"] if why else []
         if decode_errors:
             notes.append(f"the source has {decode_errors} damaged video packets, skipped (the frame before "
                          "them stands in for theirs)")

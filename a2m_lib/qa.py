@@ -24,7 +24,7 @@ How the offset is measured, per clip (a 3-6 s clip must stand on its own; the co
 The clip's offset is the lag of its best score; its confidence is the best score minus the best rival
 more than PEAK_SHOULDER lags away (how much the peak stands out, in correlation or R^2 units).
 On the real clips of ../shared/eval_media (3-6 s windows of 23 sources), the store model agrees
-within ±1 frame with its source's pooled estimate for about 96% of clips, the per-clip regression for
+within ±1 frame with its source's pooled estimate for 95% of clips, the per-clip regression for
 75%; and the low-confidence clips are the ones that disagree (notebook 02 plots it).
 
 Decisions (qa.csv `status`):
@@ -112,8 +112,9 @@ def judge(row: dict, cfg: QAConfig) -> dict:
     if row["face_missing_frac"] > cfg.max_face_missing_frac:
         reasons.append(f"no face in {row['face_missing_frac']:.0%} of frames")
     offset, confidence, shift, uncertain = row["clip_offset_frames"], row["clip_confidence"], 0, False
+    source_clips = row.pop("source_clips")
     if confidence < cfg.min_offset_confidence:
-        if row.pop("source_clips") > 1 and row["source_confidence"] >= cfg.min_offset_confidence:
+        if source_clips > 1 and row["source_confidence"] >= cfg.min_offset_confidence:
             offset, confidence = row["source_offset_frames"], row["source_confidence"]
             notes.append(f"the clip's own offset estimate is unsure ({row['clip_confidence']:.3f} < "
                          f"{cfg.min_offset_confidence}); its source's pooled estimate is used")
@@ -121,8 +122,6 @@ def judge(row: dict, cfg: QAConfig) -> dict:
             uncertain = True
             notes.append(f"offset estimate unsure (confidence {row['clip_confidence']:.3f} < qa.min_offset_confidence="
                          f"{cfg.min_offset_confidence}); reads {offset:+d} frames")
-    else:
-        row.pop("source_clips")
     if not uncertain and abs(offset) > cfg.max_offset_frames:
         if cfg.correct_offset:
             shift = offset
@@ -173,29 +172,30 @@ def check_store(processed: str | Path, cfg: QAConfig, sample_rate: int = 16000, 
     rows = {row["clip_id"]: row for row, _ in measured}
     clip_scores = {row["clip_id"]: scores for row, scores in measured if scores is not None}
     methods = {clip_id: "clip" for clip_id in clip_scores}
-    sources = {clip_id: rows[clip_id]["source"] for clip_id in clip_scores}
-    initial = {}  # each source's pooled per-clip-regression offset: the store model's first alignment
-    for source in set(sources.values()):
-        initial[source] = sync.peak(sync.pool([(clip_scores[c], rows[c]["n_frames"]) for c in sources if sources[c] == source]))[0]
+    members: dict[str, list[str]] = {}  # source -> its clips
+    for clip_id in clip_scores:
+        members.setdefault(rows[clip_id]["source"], []).append(clip_id)
+
+    def pooled(source: str) -> np.ndarray:  # the source's clips' lag scores, frame-weighted
+        return sync.pool([(clip_scores[c], rows[c]["n_frames"]) for c in members[source]])
+
+    initial = {source: sync.peak(pooled(source))[0] for source in members}  # the store model's first alignment
     features, rates = {}, []
     for clip_id in tqdm(clip_scores, desc="sync features", leave=False, disable=not progress):
         clip = store.load_clip(processed, clip_id, keys=("audio", "mesh"))
         features[clip_id] = sync.sync_features(clip, sample_rate)
         rates.append(float(clip["meta"]["fps"]))
     min_frames = sync.SYNC_MIN_TRAINING_SECONDS * float(np.median(rates or [30.0]))
-    for clip_id, scores in sync.store_sync_scores(features, sources, initial, min_frames).items():
+    for clip_id, scores in sync.store_sync_scores(features, members, initial, min_frames).items():
         if scores is not None:
             clip_scores[clip_id], methods[clip_id] = scores, "store"
-    pooled = {}
-    for source in set(sources.values()):
-        members = [c for c in sources if sources[c] == source]
-        pooled[source] = (sync.pool([(clip_scores[c], rows[c]["n_frames"]) for c in members]), len(members))
+    source_peaks = {source: sync.peak(pooled(source)) for source in members}
     table_rows = []
     for row, _ in measured:
         clip_id = row["clip_id"]
         if clip_id in clip_scores:
-            (offset, confidence), (source_curve, count) = sync.peak(clip_scores[clip_id]), pooled[row["source"]]
-            source_offset, source_confidence = sync.peak(source_curve)
+            offset, confidence = sync.peak(clip_scores[clip_id])
+            (source_offset, source_confidence), count = source_peaks[row["source"]], len(members[row["source"]])
         else:  # too short to tell: nothing to decide on
             offset, confidence, source_offset, source_confidence, count = 0, 0.0, 0, 0.0, 1
         row = dict(row, clip_offset_frames=offset, clip_confidence=round(confidence, 4),

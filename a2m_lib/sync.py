@@ -3,7 +3,7 @@
 
     scores = sync.clip_lag_scores(clip["mesh"], clip["audio"], sample_rate, fps)  # per-clip regression
     lag, confidence = sync.peak(scores)     # positive lag = audio late
-    scores = sync.store_sync_scores(features, sources, offsets, min_frames)      # the store model
+    scores = sync.store_sync_scores(features, by_source, offsets, min_frames)    # the store model
 
 Lags run from -MAX_LAG_FRAMES to MAX_LAG_FRAMES; a score array has one entry per lag.
 """
@@ -52,8 +52,8 @@ def mouth_features(meshes: np.ndarray) -> np.ndarray:
     return np.stack([_interpolate_nan(column) for column in columns], axis=1)
 
 
-def estimate_av_offset(mouth: np.ndarray, energies: np.ndarray, max_lag: int = MAX_LAG_FRAMES) -> tuple[int, float, np.ndarray]:
-    """The per-clip regression: best lag (frames, positive = audio late), its confidence, every lag's score.
+def clip_lag_scores(meshes: np.ndarray, audio: np.ndarray, sample_rate: int, fps: float) -> np.ndarray:
+    """The per-clip regression's score of every lag for a clip's meshes (T, N, 3) and its audio.
 
     At each lag a small ridge regression fitted on this clip alone predicts each mouth distance from the
     mel-band energies of the shifted audio; the lag's score is the mean R^2. Several bands matter:
@@ -62,17 +62,17 @@ def estimate_av_offset(mouth: np.ndarray, energies: np.ndarray, max_lag: int = M
     is in-sample), and scores are smoothed over neighbouring lags.
     """
     # Ridge regression written out with numpy (three lines) rather than adding scikit-learn for it.
-    mouth = mouth.reshape(len(mouth), -1)
-    frames = np.arange(max_lag, len(mouth) - max_lag)
+    mouth = mouth_features(meshes)
+    energies = band_energies(audio, sample_rate, fps, len(meshes))
+    frames = np.arange(MAX_LAG_FRAMES, len(mouth) - MAX_LAG_FRAMES)
     scores = []
-    for lag in range(-max_lag, max_lag + 1):
+    for lag in range(-MAX_LAG_FRAMES, MAX_LAG_FRAMES + 1):
         design = np.c_[energies[frames + lag], np.ones(len(frames))]
         gram = design.T @ design + 0.1 * np.eye(design.shape[1])
         targets = mouth[frames]
         residual = targets - design @ np.linalg.solve(gram, design.T @ targets)
         scores.append(np.mean(1 - residual.var(0) / (targets.var(0) + 1e-12)))
-    scores = np.convolve(np.array(scores), [0.25, 0.5, 0.25], mode="same")
-    return (*peak(scores), scores)
+    return np.convolve(np.array(scores), [0.25, 0.5, 0.25], mode="same")
 
 
 def peak(scores: np.ndarray) -> tuple[int, float]:
@@ -87,15 +87,21 @@ def _standardise(values: np.ndarray) -> np.ndarray:
 
 
 def sync_features(clip: dict, sample_rate: int) -> tuple[np.ndarray, np.ndarray]:
-    """What the store model reads of one clip: (audio (T, SYNC_MEL_BANDS x (2 SYNC_CONTEXT_FRAMES + 1)),
-    mouth (T, 5)), each standardised over the clip, so no speaker's voice or face size sets the scale."""
+    """What the store model reads of one clip: (audio (T, SYNC_MEL_BANDS), mouth (T, 5)), each standardised
+    over the clip, so no speaker's voice or face size sets the scale."""
     n_frames = int(clip["meta"]["n_frames"])
-    energies = _standardise(band_energies(clip["audio"], sample_rate, float(clip["meta"]["fps"]), n_frames,
-                                          n_bands=SYNC_MEL_BANDS, fmax=7600))
-    k = SYNC_CONTEXT_FRAMES
+    energies = band_energies(clip["audio"], sample_rate, float(clip["meta"]["fps"]), n_frames,
+                             n_bands=SYNC_MEL_BANDS, fmax=7600)
+    return _standardise(energies).astype(np.float32), _standardise(mouth_features(clip["mesh"])).astype(np.float32)
+
+
+def _design(energies: np.ndarray) -> np.ndarray:
+    """The store model's input per frame: the bands of ±SYNC_CONTEXT_FRAMES frames, and a constant.
+    Built when used rather than kept, so the features of a store stay 9 times smaller."""
+    n_frames, k = len(energies), SYNC_CONTEXT_FRAMES
     padded = np.pad(energies, ((k, k), (0, 0)), mode="edge")
-    audio = np.concatenate([padded[i:i + n_frames] for i in range(2 * k + 1)], axis=1)
-    return audio.astype(np.float32), _standardise(mouth_features(clip["mesh"])).astype(np.float32)
+    return np.concatenate([padded[i:i + n_frames] for i in range(2 * k + 1)] + [np.ones((n_frames, 1), np.float32)],
+                          axis=1)
 
 
 def _overlap(n_frames: int, lag: int) -> np.ndarray:
@@ -105,14 +111,14 @@ def _overlap(n_frames: int, lag: int) -> np.ndarray:
 
 def _normal_equations(audio: np.ndarray, mouth: np.ndarray, lag: int) -> tuple[np.ndarray, np.ndarray, int]:
     frames = _overlap(len(mouth), lag)
-    design = np.c_[audio[frames + lag], np.ones(len(frames), np.float32)].astype(np.float64)
+    design = _design(audio)[frames + lag].astype(np.float64)
     return design.T @ design, design.T @ mouth[frames], len(frames)
 
 
 def sync_lag_scores(audio: np.ndarray, mouth: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """The store model's score of every lag for one clip: the correlation of the mouth predicted from the
     audio shifted by the lag with the measured mouth, over the frames both cover, averaged over distances."""
-    predicted = np.c_[audio, np.ones(len(audio), np.float32)] @ weights
+    predicted = _design(audio) @ weights
     scores = []
     for lag in range(-MAX_LAG_FRAMES, MAX_LAG_FRAMES + 1):
         frames = _overlap(len(mouth), lag)
@@ -120,16 +126,13 @@ def sync_lag_scores(audio: np.ndarray, mouth: np.ndarray, weights: np.ndarray) -
     return np.array(scores)
 
 
-def store_sync_scores(features: dict, sources: dict, offsets: dict, min_frames: float) -> dict:
-    """Lag scores of every clip from the store model (see the module docstring), or None for the clips of
+def store_sync_scores(features: dict, by_source: dict, offsets: dict, min_frames: float) -> dict:
+    """Lag scores of every clip from the store model (see a2m_lib.qa's docstring), or None for the clips of
     a source whose other sources hold fewer than min_frames frames to learn from.
 
-    features: clip_id -> sync_features; sources: clip_id -> source; offsets: source -> initial offset.
+    features: clip_id -> sync_features; by_source: source -> its clip_ids; offsets: source -> initial offset.
     Each source's equations are summed once, so leaving a source out is a subtraction, not a refit.
     """
-    by_source: dict[str, list] = {}
-    for clip_id, source in sources.items():
-        by_source.setdefault(source, []).append(clip_id)
     scores: dict[str, np.ndarray | None] = {}
     for _ in range(SYNC_ITERATIONS):
         sums = {}
@@ -152,8 +155,3 @@ def store_sync_scores(features: dict, sources: dict, offsets: dict, min_frames: 
 def pool(curves: list[tuple[np.ndarray, int]]) -> np.ndarray:
     """The frame-weighted mean of several clips' lag scores."""
     return sum(curve * n for curve, n in curves) / sum(n for _, n in curves)
-
-
-def clip_lag_scores(meshes: np.ndarray, audio: np.ndarray, sample_rate: int, fps: float) -> np.ndarray:
-    """The per-clip regression's score of every lag for a clip's meshes (T, N, 3) and its audio."""
-    return estimate_av_offset(mouth_features(meshes), band_energies(audio, sample_rate, fps, len(meshes)))[2]
