@@ -508,7 +508,8 @@ def extract_store(raw_dir: str | Path, out_dir: str | Path, data_cfg: DataConfig
             raise FileNotFoundError(f"{needed} does not exist (extract.task_file / extract.canonical_model)")
     if extract_cfg.extractor == "tasks" and not extract_cfg.task_file:
         raise FileNotFoundError("extract.extractor=tasks needs extract.task_file: the path to a FaceLandmarker .task file")
-    sources = [s for number, s in enumerate(find_sources(raw_dir)) if number % count == index]
+    found = find_sources(raw_dir)
+    sources = [s for number, s in enumerate(found) if number % count == index]
     jobs = [Job(s, out_dir, data_cfg, extract_cfg) for s in sources if not _is_done(out_dir, s, settings)]
     n_workers = extract_cfg.workers if workers is None else workers
     if n_workers <= 0:
@@ -527,7 +528,7 @@ def extract_store(raw_dir: str | Path, out_dir: str | Path, data_cfg: DataConfig
                 job_key=lambda job: str(job.source["path"]), log_dir=log_dir)
         bar.close()
     pool.forward_native_log(native_log)
-    manifest = store.write_manifest(out_dir)
+    manifest = store.write_manifest(out_dir, {s["source_key"] for s in found})
     if unfinished:
         paths = [str(job.source["path"]) for job in unfinished]
         raise RuntimeError(f"an extraction worker process died; {len(paths)} source(s) were not finished: "

@@ -87,13 +87,19 @@ def source_record_path(processed: str | Path, source_key: str) -> Path:
     return Path(processed) / "sources" / f"{source_key}.json"
 
 
-def write_manifest(processed: str | Path):
-    """Rebuild manifest.csv from sources/*.json (so shard folders copied into one store merge)."""
+def write_manifest(processed: str | Path, sources: set[str] | None = None):
+    """Rebuild manifest.csv from sources/*.json (so shard folders copied into one store merge). `sources`: the
+    source keys of the videos now under data.raw; records of videos no longer there stay on disk (nothing computed
+    is lost, and they come back if the video does) but are left out of the manifest, and so out of QA and training."""
     import pandas as pd  # imported where used: extraction workers start faster without pandas
 
     processed = Path(processed)
-    rows = [row for record_path in sorted((processed / "sources").glob("*.json")) if not files.is_part(record_path)
-            for row in json.loads(record_path.read_text())["rows"]]
+    records = [path for path in sorted((processed / "sources").glob("*.json")) if not files.is_part(path)]
+    gone = [path.stem for path in records if sources is not None and path.stem not in sources]
+    if gone:
+        print(f"{len(gone)} video(s) extracted into {processed} are no longer in the raw folder and are left out of "
+              f"its manifest: {', '.join(gone[:5])}{' ...' if len(gone) > 5 else ''}")
+    rows = [row for path in records if path.stem not in gone for row in json.loads(path.read_text())["rows"]]
     manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     with files.atomic_path(processed / "manifest.csv") as tmp:
         manifest.to_csv(tmp, index=False)

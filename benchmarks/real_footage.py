@@ -20,12 +20,18 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 SHARED = REPO.parent / "shared" / "eval_media"
 
-# speaker -> files under eval_media (several recordings of one person share a speaker)
+# speaker -> files under eval_media (several recordings of one person share a speaker). A speaker is one person,
+# and each recording appears once:
+# - the ten LipNet GRID samples are ten different people (looked at, and their meshes differ as much as
+#   different people's do), so each is its own speaker;
+# - sadtalker/WDA_AlexandriaOcasioCortez_000, v-express/AOC_gt and video-retalking/face_3 are one recording (their
+#   audio is identical, normalised cross-correlation 1.00), so only the HDTF original is used: the others would
+#   put copies of a training clip among the held-out ones.
 SPEAKERS = {
     "obama": ["real_extra/face2face-demo/obama.mp4", "real_extra/emotion-morphing/obama.mp4"],
-    "aoc": ["sadtalker/WDA_AlexandriaOcasioCortez_000.mp4", "v-express/AOC_gt.mp4", "video-retalking/face_3.mp4"],
-    "grid": [f"lipnet/GRID_{name}.mpg" for name in ("bbaf2n", "brbk7n", "lbax4n", "lbbc2a", "lrwp9a", "lwbsza",
-                                                    "pwij3p", "sbia1a", "sbwe5n", "swiz3n")],
+    "aoc": ["sadtalker/WDA_AlexandriaOcasioCortez_000.mp4"],
+    **{f"grid_{name}": [f"lipnet/GRID_{name}.mpg"] for name in ("bbaf2n", "brbk7n", "lbax4n", "lbbc2a", "lrwp9a",
+                                                                "lwbsza", "pwij3p", "sbia1a", "sbwe5n", "swiz3n")},
     "trump": ["real_extra/testing_deepfake/trump.mp4"],
     "musk": ["real_extra/testing_deepfake/musk.mp4"],
     "minimates": ["real_extra/MiniMates/driving.mp4"],
@@ -49,6 +55,10 @@ UNKNOWN_LANGUAGE = ("liveportrait", "retalking", "vox_", "selfie")
 def build_raw(raw: Path) -> int:
     """data/raw/real/<speaker>/<file> links and a metadata.csv with the known languages; returns the link count."""
     rows, count = ["file,speaker,language"], 0
+    for stale in (path for path in raw.glob("*/*") if path.is_symlink()):  # links of an earlier speaker map
+        stale.unlink()
+    for folder in (path for path in raw.glob("*") if path.is_dir() and not any(path.iterdir())):
+        folder.rmdir()
     pcavs = {f"vox_{p.stem}": [f"pcavs/{p.name}"] for p in sorted((SHARED / "pcavs").glob("*.mp4"))}
     for speaker, sources in {**SPEAKERS, **pcavs}.items():
         for source in sources:

@@ -197,6 +197,20 @@ def test_workers_and_shards_give_the_same_store(synthetic_raw, tmp_path, cfg):
                                    store.load_clip(merged, clip_id)["mesh"], atol=1e-5)
 
 
+def test_a_video_removed_from_raw_leaves_the_manifest_but_keeps_its_files(synthetic_raw, tmp_path, cfg, capsys):
+    subset = tmp_path / "raw"
+    for path in sorted(synthetic_raw.rglob("*.mp4"))[:2]:
+        (subset / path.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, subset / path.parent.name / path.name)
+    before = extract.extract_store(subset, tmp_path / "out", cfg.data, cfg.extract, workers=1, progress=False)
+    removed = sorted(subset.rglob("*.mp4"))[0]
+    removed.unlink()
+    after = extract.extract_store(subset, tmp_path / "out", cfg.data, cfg.extract, workers=1, progress=False)
+    assert len(before) == 2 and len(after) == 1 and str(removed) not in set(after.source)
+    assert "no longer in the raw folder" in capsys.readouterr().out
+    assert len(list((tmp_path / "out" / "clips").glob("*.npz"))) == 2  # nothing computed is deleted
+
+
 def test_language_and_speaker_from_metadata(tmp_path, synthetic_raw, cfg):
     raw = tmp_path / "raw"
     raw.mkdir()
