@@ -129,6 +129,7 @@ class TrainConfig:
     lip_weight: float = 0.0  # + weight x L1 on the lip vertices
     silence_weight: float = 0.0  # + weight x predicted motion in silent frames (stillness)
     augment: bool = False  # training-time audio feature noise and masking (mel encoder)
+    stretch: float = 0.0  # with augment: tempo augmentation, each sample resampled in time by exp(U(-stretch, stretch))
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU | bf16 | fp32
     compile: bool = False  # torch.compile the model
@@ -145,7 +146,7 @@ class TrainConfig:
         _check(self.reference in ("neutral", "random_frame"), "train.reference", self.reference, "neutral or random_frame")
         _check(self.precision in ("auto", "bf16", "fp32"), "train.precision", self.precision, "auto, bf16 or fp32")
         _check(self.lr_schedule in ("constant", "cosine"), "train.lr_schedule", self.lr_schedule, "constant or cosine")
-        for key in ("velocity_weight", "lip_weight", "silence_weight", "weight_decay", "collapse_ratio"):
+        for key in ("velocity_weight", "lip_weight", "silence_weight", "weight_decay", "collapse_ratio", "stretch"):
             _check(getattr(self, key) >= 0, f"train.{key}", getattr(self, key), "a number >= 0")
         _check(0 <= self.whole_clip_fraction <= 1, "train.whole_clip_fraction", self.whole_clip_fraction, "0 to 1")
         _check(self.min_subclip_frames >= 1 and self.processes >= 1, "train.min_subclip_frames/processes",

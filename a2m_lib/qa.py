@@ -6,7 +6,9 @@ Checks per clip:
 - expected frames: ceil(audio_seconds * fps) against the mesh frame count, within qa.frame_tolerance;
 - audio/video offset, positive = audio late, |offset| > qa.max_offset_frames fails (see below);
 - face coverage: the share of frames without a face, at most qa.max_face_missing_frac;
-- length: at least qa.min_frames frames.
+- length: at least qa.min_frames frames;
+- copies: a clip whose audio is another clip's of the same speaker, waveform for waveform (the same recording
+  published twice, re-encoded or cropped), fails, naming the clip it copies (column duplicate_of).
 
 How the offset is measured, per clip (a 3-6 s clip must stand on its own; the code is in a2m_lib.sync):
 1. **A sync model learned from the store itself** (self-supervised, as SyncNet is trained, but linear and
@@ -59,10 +61,17 @@ from tqdm.auto import tqdm
 from . import files, regions, store, sync
 from .config import QAConfig
 
+# Copies of one recording (the same clip published twice, a re-encode, a different crop) would put a training
+# clip among the held-out ones. A clip whose middle second of audio is found in an earlier clip of the same
+# speaker, waveform for waveform, is a copy: QA fails it, naming the clip it copies.
+DUPLICATE_MIN_CORRELATION = 0.9  # correlation of the waveforms: copies 0.95-1.00, other speech below 0.25
+ENVELOPE_RATE = 50             # Hz: the loudness envelope that picks candidate pairs before the waveforms are compared
+ENVELOPE_MIN_CORRELATION = 0.8
+
 QA_COLUMNS = ["clip_id", "speaker", "language", "n_frames", "expected_frames", "frame_diff", "av_offset_frames",
               "av_confidence", "face_missing_frac", "jitter", "status", "use", "reason", "audio_shift_frames",
               "clip_offset_frames", "clip_confidence", "source_offset_frames", "source_confidence", "sync_method",
-              "source"]
+              "duplicate_of", "source"]
 MEASUREMENT_VERSION = 2  # raise when measure_clip changes, so cached measurements are redone
 
 
@@ -111,6 +120,11 @@ def judge(row: dict, cfg: QAConfig) -> dict:
         reasons.append(f"{row['n_frames']} mesh frames vs {row['expected_frames']} expected from the audio")
     if row["face_missing_frac"] > cfg.max_face_missing_frac:
         reasons.append(f"no face in {row['face_missing_frac']:.0%} of frames")
+    correlation = row.pop("duplicate_correlation", 0.0)
+    if row.get("duplicate_of"):
+        reasons.append(f"a copy of clip {row['duplicate_of']} (the same audio, waveform correlation {correlation:.2f}): "
+                       f"one recording is used once, so that no copy of a training clip can be held out; remove the "
+                       f"copy from data.raw to silence this")
     offset, confidence, shift, uncertain = row["clip_offset_frames"], row["clip_confidence"], 0, False
     source_clips = row.pop("source_clips")
     if confidence < cfg.min_offset_confidence:
@@ -180,11 +194,18 @@ def check_store(processed: str | Path, cfg: QAConfig, sample_rate: int = 16000, 
         return sync.pool([(clip_scores[c], rows[c]["n_frames"]) for c in members[source]])
 
     initial = {source: sync.peak(pooled(source))[0] for source in members}  # the store model's first alignment
-    features, rates = {}, []
-    for clip_id in tqdm(clip_scores, desc="sync features", leave=False, disable=not progress):
+    features, rates, envelopes = {}, [], {}
+    for clip_id in tqdm(rows, desc="sync features", leave=False, disable=not progress):
         clip = store.load_clip(processed, clip_id, keys=("audio", "mesh"))
-        features[clip_id] = sync.sync_features(clip, sample_rate)
-        rates.append(float(clip["meta"]["fps"]))
+        envelopes[clip_id] = loudness_envelope(clip["audio"], sample_rate)
+        if clip_id in clip_scores:
+            features[clip_id] = sync.sync_features(clip, sample_rate)
+            rates.append(float(clip["meta"]["fps"]))
+    by_speaker: dict[str, list[str]] = {}
+    for clip_id, row in rows.items():
+        by_speaker.setdefault(row["speaker"], []).append(clip_id)
+    copies = duplicate_audio(envelopes, list(by_speaker.values()),
+                             lambda clip_id: store.load_clip(processed, clip_id, keys=("audio",))["audio"], sample_rate)
     min_frames = sync.SYNC_MIN_TRAINING_SECONDS * float(np.median(rates or [30.0]))
     for clip_id, scores in sync.store_sync_scores(features, members, initial, min_frames).items():
         if scores is not None:
@@ -200,7 +221,8 @@ def check_store(processed: str | Path, cfg: QAConfig, sample_rate: int = 16000, 
             offset, confidence, source_offset, source_confidence, count = 0, 0.0, 0, 0.0, 1
         row = dict(row, clip_offset_frames=offset, clip_confidence=round(confidence, 4),
                    source_offset_frames=source_offset, source_confidence=round(source_confidence, 4),
-                   source_clips=count, sync_method=methods.get(clip_id, "none"))
+                   source_clips=count, sync_method=methods.get(clip_id, "none"),
+                   duplicate_of=copies.get(clip_id, ("", 0.0))[0], duplicate_correlation=copies.get(clip_id, ("", 0.0))[1])
         table_rows.append(judge(row, cfg))
     table = pd.DataFrame(table_rows, columns=QA_COLUMNS)
     table_path = store.qa_table_path(run_dir)
@@ -208,6 +230,77 @@ def check_store(processed: str | Path, cfg: QAConfig, sample_rate: int = 16000, 
         table.to_csv(tmp, index=False)
     return QAReport(table=table, processed=processed, table_path=table_path, measured_clips=fresh,
                     lag_scores=clip_scores)
+
+
+def _sliding_correlation(probe: np.ndarray, signals: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Pearson correlation of a standardised probe (P,) with every window of each row of signals (N, L),
+    zero-padded beyond `lengths`: the best |r| per row, (N,). By FFT, one transform for all rows: scipy's
+    correlate works on one pair at a time."""
+    size = 1 << int(np.ceil(np.log2(signals.shape[1] + len(probe))))
+    products = np.fft.irfft(np.fft.rfft(signals, size) * np.conj(np.fft.rfft(probe, size)), size)
+    windows = signals.shape[1] - len(probe) + 1
+    def window_sums(values):  # sum over every window of len(probe), (N, windows)
+        total = np.cumsum(np.pad(values, ((0, 0), (1, 0))), axis=1)
+        return total[:, len(probe):len(probe) + windows] - total[:, :windows]
+
+    # each window minus its own mean: the probe sums to zero, so only the norm needs it
+    norms = np.sqrt(np.maximum(window_sums(signals ** 2) - window_sums(signals) ** 2 / len(probe), 1e-12))
+    correlation = np.abs(products[:, :windows]) / norms / np.linalg.norm(probe)
+    correlation[np.arange(windows)[None] > (lengths - len(probe))[:, None]] = 0.0  # windows past a row's end
+    return correlation.max(axis=1)
+
+
+def _probe(signal: np.ndarray, rate: int) -> np.ndarray | None:
+    """The middle second of a signal, standardised; None when it is shorter than a second or silent."""
+    if len(signal) < rate:
+        return None
+    middle = signal[(len(signal) - rate) // 2:][:rate]
+    middle = middle - middle.mean()
+    return middle / np.linalg.norm(middle) if np.linalg.norm(middle) > 1e-6 else None
+
+
+def loudness_envelope(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Log mean power per 1/ENVELOPE_RATE s: what duplicate_audio compares first."""
+    hop = sample_rate // ENVELOPE_RATE
+    frames = audio[: len(audio) // hop * hop].astype(np.float64).reshape(-1, hop)
+    return np.log(np.square(frames).mean(1) + 1e-8)
+
+
+def duplicate_audio(envelopes: dict[str, np.ndarray], groups: list[list[str]], load_audio, sample_rate: int
+                    ) -> dict[str, tuple[str, float]]:
+    """Copies of one recording among clips: clip_id -> (the clip it copies, correlation). Within each group (a
+    speaker's clips), each clip's middle second is looked for in the others' loudness envelopes; the candidate
+    pairs are then compared waveform for waveform (`load_audio(clip_id)`, at sample_rate: a lower rate loses
+    copies whose samples sit half a sample apart), either clip's middle second in the other."""
+    def padded(rows: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        lengths = np.array([len(r) for r in rows])
+        out = np.zeros((len(rows), max(lengths.max(), 1)))
+        for i, r in enumerate(rows):
+            out[i, : len(r)] = r
+        return out, lengths
+
+    copies: dict[str, tuple[str, float]] = {}
+    for clips in groups:
+        clips = sorted(clips)
+        if len(clips) < 2:
+            continue
+        rows, lengths = padded([envelopes[c] for c in clips])
+        candidates = set()
+        for i in range(len(clips)):
+            probe = _probe(rows[i, : lengths[i]], ENVELOPE_RATE)
+            if probe is not None:
+                best = _sliding_correlation(probe, rows, lengths)
+                candidates |= {(min(i, j), max(i, j)) for j in np.flatnonzero(best >= ENVELOPE_MIN_CORRELATION) if j != i}
+        for first, later in sorted(candidates):
+            if clips[later] in copies:
+                continue
+            waves = [load_audio(clips[first]).astype(np.float64), load_audio(clips[later]).astype(np.float64)]
+            scores = [_sliding_correlation(probe, *padded([other]))[0]
+                      for probe, other in ((_probe(waves[1], sample_rate), waves[0]), (_probe(waves[0], sample_rate), waves[1]))
+                      if probe is not None and len(other) >= len(probe)]
+            if scores and max(scores) >= DUPLICATE_MIN_CORRELATION:
+                copies[clips[later]] = (clips[first], round(float(max(scores)), 3))
+    return copies
 
 
 def lag_trace(report: QAReport, clip_id: str, sample_rate: int = 16000) -> dict:

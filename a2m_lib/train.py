@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as torch_dist
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import files, regions, store
@@ -167,6 +168,26 @@ def batch_features(model: Audio2Mesh, batch: dict, device, augment: torch.Genera
         band = int(torch.randint(0, max(1, shape[2] - 8), (1,), generator=augment))
         features[:, :, band: band + 8] = 0.0
     return features
+
+
+def stretch_batch(features: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, silent: torch.Tensor,
+                  lengths: list[int], most: float, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """Tempo augmentation: each sample's frames resampled in time by a factor exp(U(-most, most)), audio features
+    and mesh targets together (linear; masks nearest), as if the sentence were spoken that much faster or
+    slower. Speed perturbation is the usual augmentation of speech models trained on little data; here it acts
+    on frame features, so the pitch stays. By hand: torchaudio's speed perturbation works on waveforms, not on
+    cached frame features and the meshes that go with them."""
+    factors = torch.exp(torch.empty(len(lengths)).uniform_(-most, most, generator=generator))
+    new_lengths = [max(2, int(round(length * float(factor)))) for length, factor in zip(lengths, factors)]
+    size = max(new_lengths)
+    out = [torch.zeros(len(lengths), size, *t.shape[2:], dtype=t.dtype, device=t.device) for t in (features, target, mask, silent)]
+    for i, (length, new) in enumerate(zip(lengths, new_lengths)):
+        for source, result, mode in zip((features, target, mask, silent), out, ("linear", "linear", "nearest", "nearest")):
+            frames = source[i, :length].reshape(length, -1).T[None].float()                   # (1, C, length)
+            kwargs = dict(align_corners=True) if mode == "linear" else {}
+            resampled = F.interpolate(frames, size=new, mode=mode, **kwargs)[0].T                 # (new, C)
+            result[i, :new] = resampled.reshape(new, *source.shape[2:]).to(source.dtype)
+    return tuple(out)
 
 
 def make_scheduler(optimiser, cfg, total_steps: int):
@@ -357,10 +378,13 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True) -> TrainResul
                 augment = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 10_007 + step_in_epoch) \
                     if tcfg.augment else None
                 features = batch_features(model, batch, device, augment)
-                target, mask = batch["offsets"].to(device), batch["mask"].to(device)
+                target, mask, silent = batch["offsets"].to(device), batch["mask"].to(device), batch["silent"].to(device)
+                if tcfg.stretch and augment is not None:
+                    features, target, mask, silent = stretch_batch(features, target, mask, silent, batch["lengths"],
+                                                                   tcfg.stretch, augment)
                 with _autocast(device, tcfg.precision):
                     prediction = network(features, mask, batch["speaker_ids"].to(device), batch["reference"].to(device))
-                sums = loss_sums(prediction.float(), target, mask, batch["silent"].to(device))
+                sums = loss_sums(prediction.float(), target, mask, silent)
                 counts = procs.sum([float(count) for _, count in sums.values()])
                 loss = total_loss(sums, counts, tcfg)
                 reported = procs.sum([float(loss.detach())])[0]

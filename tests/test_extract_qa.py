@@ -60,6 +60,8 @@ def faulty_store(tmp_path_factory, cfg, synthetic_raw):
     ffmpeg("-i", good, "-ac", "2", "-ar", "48000", "-c:v", "copy", odd / "stereo48k.mp4")
     ffmpeg("-i", good, "-ac", "2", "-ar", "44100", "-c:v", "copy", odd / "stereo44k.mkv")
     ffmpeg("-i", good, "-vf", "scale=3840:2160", "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "copy", odd / "uhd.mp4")
+    for name in ("stereo48k", "stereo44k", "uhd"):  # three copies of one recording: a speaker each, or QA fails two as copies
+        (odd / f"{name}.json").write_text(json.dumps({"speaker": f"odd_{name}"}))
     out = tmp_path_factory.mktemp("faulty_processed")
     manifest = extract.extract_store(raw, out, cfg.data, cfg.extract, progress=False)
     return raw, out, manifest, qa.check_store(out, cfg.qa, cfg.data.sample_rate, run_dir=out.parent / f"{out.name}_run")
@@ -209,6 +211,21 @@ def test_a_video_removed_from_raw_leaves_the_manifest_but_keeps_its_files(synthe
     assert len(before) == 2 and len(after) == 1 and str(removed) not in set(after.source)
     assert "no longer in the raw folder" in capsys.readouterr().out
     assert len(list((tmp_path / "out" / "clips").glob("*.npz"))) == 2  # nothing computed is deleted
+
+
+def test_a_reencoded_copy_of_a_video_is_failed_naming_the_original(synthetic_raw, tmp_path, cfg):
+    speaker = tmp_path / "raw" / "spk0"
+    speaker.mkdir(parents=True)
+    first, second = sorted((synthetic_raw / "spk0").glob("*.mp4"))[:2]
+    shutil.copy(first, speaker / "a.mp4")
+    shutil.copy(second, speaker / "b.mp4")
+    # the same recording published again: cropped, re-encoded, its audio at another bitrate
+    ffmpeg("-i", first, "-vf", "crop=iw-16:ih-16", "-b:a", "64k", speaker / "c_copy.mp4")
+    extract.extract_store(tmp_path / "raw", tmp_path / "out", cfg.data, cfg.extract, workers=1, progress=False)
+    table = qa.check_store(tmp_path / "out", cfg.qa, run_dir=tmp_path / "run", progress=False).table.set_index("clip_id")
+    copy = table.loc["spk0__c_copy"]
+    assert copy.duplicate_of == "spk0__a" and copy.status == "fail" and "a copy of clip spk0__a" in copy.reason
+    assert not copy.use and table.loc[["spk0__a", "spk0__b"]].status.eq("pass").all()
 
 
 def test_language_and_speaker_from_metadata(tmp_path, synthetic_raw, cfg):

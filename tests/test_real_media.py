@@ -55,6 +55,17 @@ def test_audio_shifted_by_five_frames_is_flagged(real_store):
     assert row.status == "fail" and "offset" in row.reason
 
 
+def test_copies_of_one_recording_are_failed_naming_the_original(real_store):
+    # v-express/AOC_gt.mp4 is another crop of sadtalker/WDA_AlexandriaOcasioCortez_000.mp4 (identical audio); the
+    # shifted GRID clip is a re-timed copy of the GRID one. All four are the default speaker here.
+    _, table = real_store
+    assert table.loc["v-express_AOC_gt"].duplicate_of == "sadtalker_WDA_AlexandriaOcasioCortez_000_000"  # its first 3.3 s
+    assert table.loc["shifted_GRID_bbaf2n"].duplicate_of == "lipnet_GRID_bbaf2n"
+    assert table.loc["v-express_AOC_gt"].status == "fail" and "a copy of clip" in table.loc["v-express_AOC_gt"].reason
+    originals = table.drop(index=["v-express_AOC_gt", "shifted_GRID_bbaf2n"])
+    assert (originals.duplicate_of.fillna("") == "").all(), originals.duplicate_of
+
+
 def test_tasks_backend_adds_blendshapes_and_a_metric_pose_free_mesh(tmp_path, cfg):
     from dataclasses import replace
 

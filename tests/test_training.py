@@ -190,3 +190,23 @@ def test_a_dynamic_reference_model_is_trained_and_evaluated_with_both_references
     tests = summary["reference_tests"]
     assert {"neutral", "random_frame", "random_frame_no_motion"} <= set(tests)
     assert tests["neutral"]["lve"] != tests["random_frame"]["lve"]
+
+
+def test_tempo_augmentation_resamples_audio_features_and_meshes_together():
+    lengths = [40, 25]
+    ramp = torch.arange(40, dtype=torch.float32)
+    features = torch.zeros(2, 40, 3)
+    features[0, :, 0], features[1, :25, 0] = ramp, ramp[:25]
+    target = features[..., None].repeat(1, 1, 1, 3)[:, :, :2]                     # (B, T, V=2, 3): the same ramp
+    mask = torch.zeros(2, 40, dtype=torch.bool)
+    mask[0], mask[1, :25] = True, True
+    generator = torch.Generator().manual_seed(0)
+    out_features, out_target, out_mask, out_silent = train.stretch_batch(features, target, mask, mask.clone(), lengths, 0.2, generator)
+    for i, length in enumerate(lengths):
+        new = int(out_mask[i].sum())
+        assert abs(np.log(new / length)) <= 0.2 + 1 / length                      # a tempo within the range
+        values = out_features[i, :new, 0]
+        torch.testing.assert_close(values, torch.linspace(0, length - 1, new))  # still the same ramp, end to end
+        torch.testing.assert_close(out_target[i, :new, 0, 2], values)           # the meshes move with the audio
+        assert not out_mask[i, new:].any() and out_silent[i, :new].all()
+    assert out_mask.sum(1).tolist() != lengths
