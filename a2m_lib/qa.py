@@ -64,9 +64,9 @@ from .config import QAConfig
 # Copies of one recording (the same clip published twice, a re-encode, a different crop) would put a training
 # clip among the held-out ones. A clip whose middle second of audio is found in an earlier clip of the same
 # speaker, waveform for waveform, is a copy: QA fails it, naming the clip it copies.
-DUPLICATE_MIN_CORRELATION = 0.9  # correlation of the waveforms: copies 0.95-1.00, other speech below 0.25
-ENVELOPE_RATE = 50             # Hz: the loudness envelope that picks candidate pairs before the waveforms are compared
-ENVELOPE_MIN_CORRELATION = 0.8
+DUPLICATE_MIN_CORRELATION = 0.9  # correlation of the waveforms: copies 0.93-1.00, other speech below 0.25
+ENVELOPE_RATE = 50               # Hz: the loudness envelope that picks candidate pairs before the waveforms are compared
+ENVELOPE_MIN_CORRELATION = 0.8   # of the envelopes: copies 0.93-1.00
 
 QA_COLUMNS = ["clip_id", "speaker", "language", "n_frames", "expected_frames", "frame_diff", "av_offset_frames",
               "av_confidence", "face_missing_frac", "jitter", "status", "use", "reason", "audio_shift_frames",
@@ -239,6 +239,7 @@ def _sliding_correlation(probe: np.ndarray, signals: np.ndarray, lengths: np.nda
     size = 1 << int(np.ceil(np.log2(signals.shape[1] + len(probe))))
     products = np.fft.irfft(np.fft.rfft(signals, size) * np.conj(np.fft.rfft(probe, size)), size)
     windows = signals.shape[1] - len(probe) + 1
+
     def window_sums(values):  # sum over every window of len(probe), (N, windows)
         total = np.cumsum(np.pad(values, ((0, 0), (1, 0))), axis=1)
         return total[:, len(probe):len(probe) + windows] - total[:, :windows]
