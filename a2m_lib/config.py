@@ -129,7 +129,7 @@ class TrainConfig:
     lip_weight: float = 0.0  # + weight x L1 on the lip vertices
     silence_weight: float = 0.0  # + weight x predicted motion in silent frames (stillness)
     augment: bool = False  # training-time audio feature noise and masking (mel encoder)
-    stretch: float = 0.0  # with augment: tempo augmentation, each sample resampled in time by exp(U(-stretch, stretch))
+    stretch: float = 0.0  # tempo augmentation: each sample resampled in time by a factor exp(U(-stretch, stretch))
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU | bf16 | fp32
     compile: bool = False  # torch.compile the model

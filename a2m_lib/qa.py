@@ -59,11 +59,11 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from . import files, regions, store, sync
+from . import files, media, regions, store, sync
 from .config import QAConfig
 
 # Copies of one recording (the same clip published twice, a re-encode, a different crop) would put a training
-# clip among the held-out ones. A clip whose middle second of audio is found in an earlier clip of the same
+# clip among the held-out ones. A clip whose middle PROBE_SECONDS of audio are found in an earlier clip of the same
 # speaker, waveform for waveform, is a copy: QA fails it, naming the clip it copies.
 PROBE_SECONDS = 2.0              # the middle of each clip that is looked for in the others
 DUPLICATE_MIN_CORRELATION = 0.9  # correlation of the waveforms: copies 0.93-1.00, other speech below 0.25
@@ -199,7 +199,8 @@ def check_store(processed: str | Path, cfg: QAConfig, sample_rate: int = 16000, 
     features, rates, envelopes = {}, [], {}
     for clip_id in tqdm(rows, desc="sync features", leave=False, disable=not progress):
         clip = store.load_clip(processed, clip_id, keys=("audio", "mesh"))
-        envelopes[clip_id] = loudness_envelope(clip["audio"], sample_rate)
+        n_envelope = len(clip["audio"]) * ENVELOPE_RATE // sample_rate
+        envelopes[clip_id] = media.frame_energy(clip["audio"], sample_rate, ENVELOPE_RATE, n_envelope)
         if clip_id in clip_scores:
             features[clip_id] = sync.sync_features(clip, sample_rate)
             rates.append(float(clip["meta"]["fps"]))
@@ -263,17 +264,11 @@ def _probe(signal: np.ndarray, rate: int) -> np.ndarray | None:
     return middle / np.linalg.norm(middle) if np.linalg.norm(middle) > 1e-6 else None
 
 
-def loudness_envelope(audio: np.ndarray, sample_rate: int) -> np.ndarray:
-    """Log mean power per 1/ENVELOPE_RATE s: what duplicate_audio compares first."""
-    hop = sample_rate // ENVELOPE_RATE
-    frames = audio[: len(audio) // hop * hop].astype(np.float64).reshape(-1, hop)
-    return np.log(np.square(frames).mean(1) + 1e-8)
-
-
 def duplicate_audio(envelopes: dict[str, np.ndarray], groups: list[list[str]], load_audio, sample_rate: int
                     ) -> dict[str, tuple[str, float]]:
     """Copies of one recording among clips: clip_id -> (the clip it copies, correlation). Within each group (a
-    speaker's clips), the middle PROBE_SECONDS of each clip is looked for in the others' loudness envelopes; the
+    speaker's clips), the middle PROBE_SECONDS of each clip is looked for in the others' loudness envelopes
+    (media.frame_energy at ENVELOPE_RATE); the
     candidate pairs are then compared waveform for waveform (`load_audio(clip_id)`, at sample_rate: a lower
     rate loses copies whose samples sit half a sample apart), either clip's middle in the other."""
     from functools import lru_cache

@@ -376,10 +376,10 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True) -> TrainResul
                                                  num_workers=tcfg.num_workers, pin_memory=device.type == "cuda")
             for batch in loader:
                 augment = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 10_007 + step_in_epoch) \
-                    if tcfg.augment else None
-                features = batch_features(model, batch, device, augment)
+                    if tcfg.augment or tcfg.stretch else None
+                features = batch_features(model, batch, device, augment if tcfg.augment else None)
                 target, mask, silent = batch["offsets"].to(device), batch["mask"].to(device), batch["silent"].to(device)
-                if tcfg.stretch and augment is not None:
+                if tcfg.stretch:
                     features, target, mask, silent = stretch_batch(features, target, mask, silent, batch["lengths"],
                                                                    tcfg.stretch, augment)
                 with _autocast(device, tcfg.precision):
