@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import files, media, mesh, store, sync
+from . import faults, files, media, mesh, store, sync
 from . import workers as pool
 from .config import DataConfig, ExtractConfig
 
@@ -305,6 +305,7 @@ def _prepare(job: Job) -> SourceState:
     Never raises; a failure comes back as `error`, to be recorded against the file.
     """
     state = SourceState(job)
+    faults.crash_point("extract.prepare", job.source["source_key"])
     try:
         state.source_hash = file_hash(job.source["path"])
         state.audio = checked_audio(job.source["path"], job.data_cfg)

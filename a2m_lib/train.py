@@ -40,7 +40,7 @@ import torch.distributed as torch_dist
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import files, regions, store
+from . import faults, files, regions, store
 from .config import Config
 from .dataset import ClipDataset, EpochBatches, FeatureCache, collate, speaker_statistics, split_clips
 from .model import ENCODER_LABELS, Audio2Mesh, load_checkpoint, resolve_device
@@ -407,6 +407,7 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True) -> TrainResul
                     save_checkpoint(last_path, model, optimiser, scheduler, dict(
                         epoch=epoch, step_in_epoch=step_in_epoch, epoch_losses=losses, best=best, finished=False),
                         history, cfg, split)
+                faults.crash_point("train.step", f"{epoch}:{step_in_epoch}")
             row = dict(epoch=epoch, train_loss=float(np.mean(losses)) if losses else float("nan"), val_loss=float("nan"),
                        lr=float(scheduler.get_last_lr()[0]))
             if len(val_set) and (epoch % tcfg.validate_every == 0 or epoch == tcfg.epochs - 1):
