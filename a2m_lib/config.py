@@ -79,6 +79,7 @@ class QAConfig:
     min_offset_confidence: float = 0.05  # an offset estimate is decided on when its peak stands this far above
     # the best rival lag (correlation units; see qa.py); below it the clip is `uncertain`
     use_uncertain: bool = False  # train (and evaluate, pick neutrals) on clips whose offset is unsure
+    align_in_tolerance: bool = True  # a confidently measured offset within max_offset_frames is corrected too
 
 
 @dataclass
@@ -87,12 +88,23 @@ class NeutralConfig:
     top_k: int = 12  # candidates shown in the ranked table
 
 
+# The audio encoders (a2m_lib.encoders.ENCODERS, one class each); a new encoder adds its name here.
+ENCODER_KINDS = ("mel", "scratch", "wav2vec2", "whisper")
+# Keys renamed since a release, for a clear message when an old config or saved model uses them.
+RENAMED = {"model.mel_hidden": "model.conv_hidden", "model.mel_layers": "model.conv_layers",
+           "model.mel_kernel": "model.conv_kernel"}
+
+
 @dataclass
 class ModelConfig:
-    encoder: str = "wav2vec2"  # wav2vec2 (pretrained, model.pretrained) | scratch (small Wav2Vec2, untrained) | mel
-    pretrained: str = path_field("facebook/wav2vec2-base-960h", "if_exists")  # wav2vec2: hub id or local folder
-    freeze_feature_encoder: bool = True  # AniPortrait freezes the Wav2Vec2 CNN (its output is then cached)
-    only_last_features: bool = True  # True: last hidden state (AniPortrait's inference config); False: mean of all
+    encoder: str = "wav2vec2"  # mel | scratch | wav2vec2 | whisper (a2m_lib.encoders; the README says which when)
+    # the encoder's weights: wav2vec2: hub id or local folder (default facebook/wav2vec2-base-960h); whisper:
+    # tiny.en | base (installed with a2m), a faster-whisper or transformers folder, or a hub id (default tiny.en)
+    pretrained: str = path_field("", "if_exists")
+    freeze_feature_encoder: bool = True  # wav2vec2/scratch: AniPortrait freezes the CNN (its output is then cached)
+    only_last_features: bool = True  # wav2vec2/scratch: last hidden state (AniPortrait's inference config); False: mean of all
+    whisper_layers: str = "weighted"  # whisper: weighted (a learned mix of every layer's state) | last
+    finetune_layers: int = 0  # whisper: the top layers trained with the head (0: the encoder is frozen)
     latent_dim: int = 512
     n_vertices: int = 468
     speaker_embedding: bool = False  # a learned vector per training speaker added to the latent (FaceFormer's style)
@@ -101,17 +113,19 @@ class ModelConfig:
     scratch_hidden: int = 128
     scratch_layers: int = 2
     scratch_conv_channels: int = 64
-    # The "mel" encoder: librosa log-mel frames at the video frame rate, then a temporal convolution stack.
-    mel_bands: int = 80
-    mel_hidden: int = 256
-    mel_layers: int = 4  # residual dilated convolutions, dilation 1, 2, 4, ...
-    mel_kernel: int = 5  # receptive field: 1 + (kernel - 1) * (2^layers - 1) frames
-    dropout: float = 0.0  # mel encoder and latent dropout
+    mel_bands: int = 80  # mel: librosa log-mel bands at the video frame rate
+    # The temporal convolution head of the mel and whisper encoders.
+    conv_hidden: int = 256
+    conv_layers: int = 4  # residual dilated convolutions, dilation 1, 2, 4, ...
+    conv_kernel: int = 5  # receptive field: 1 + (kernel - 1) * (2^layers - 1) frames
+    dropout: float = 0.0  # convolution head and latent dropout
 
     def __post_init__(self):
-        hint = (f"wav2vec2, scratch or mel (a hub id or folder goes in model.pretrained, with model.encoder=wav2vec2)"
-                if "/" in self.encoder else "wav2vec2, scratch or mel")
-        _check(self.encoder in ("wav2vec2", "scratch", "mel"), "model.encoder", self.encoder, hint)
+        hint = (f"{', '.join(ENCODER_KINDS)} (a hub id or folder goes in model.pretrained)"
+                if "/" in self.encoder else ", ".join(ENCODER_KINDS))
+        _check(self.encoder in ENCODER_KINDS, "model.encoder", self.encoder, hint)
+        _check(self.whisper_layers in ("weighted", "last"), "model.whisper_layers", self.whisper_layers, "weighted or last")
+        _check(self.finetune_layers >= 0, "model.finetune_layers", self.finetune_layers, "a whole number >= 0")
 
 
 @dataclass
@@ -207,6 +221,8 @@ def _build(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
     kwargs = {}
     for key, value in values.items():
         dotted = f"{prefix}{key}"
+        if key not in names and dotted in RENAMED:
+            raise ConfigError(f"config key '{dotted}' is now '{RENAMED[dotted]}'; rename it in the YAML file or override")
         if key not in names:
             close = difflib.get_close_matches(key, names, n=1)
             hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; known keys: {', '.join(names)}"

@@ -81,7 +81,7 @@ class FeatureCache:
                 features = self.model.frame_features(torch.from_numpy(audio).to(device), len(example.mesh), self.sample_rate,
                                                      example.fps)
             with files.atomic_path(path) as tmp:
-                np.save(tmp, features.float().cpu().numpy())
+                np.save(tmp, features.cpu().numpy())  # in the encoder's dtype (Whisper: float16)
         return np.load(path, mmap_mode="r")
 
 

@@ -33,7 +33,8 @@ from tqdm.auto import tqdm
 
 from . import files, metrics, store
 from .config import Config
-from .model import ENCODER_LABELS, Audio2Mesh, load_model, log_mel, resolve_device
+from .encoders import log_mel
+from .model import Audio2Mesh, load_model, resolve_device
 
 BASELINES = ("neutral", "mean_offset", "nearest_audio")
 PREDICTION_KEYS = {
@@ -220,7 +221,7 @@ def evaluate(cfg: Config, run_dir: str | Path, split: str | None = None, checkpo
     for stale in predictions.glob("*.npz"):
         stale.unlink()
     predict_clips(model, clips, processed, neutrals, training, predictions, cfg.data.sample_rate, cfg.seed, progress)
-    summary = score(predictions, split, dict(checkpoint=str(checkpoint_path), encoder=ENCODER_LABELS[model.cfg.encoder],
+    summary = score(predictions, split, dict(checkpoint=str(checkpoint_path), encoder=model.audio_encoder.describe(),
                                              reference=model.reference))
     files.write_json(out_dir / "metrics.json", summary)
     return EvalResult(summary=summary, per_clip=pd.DataFrame(summary["per_clip"]), predictions=predictions)

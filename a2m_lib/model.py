@@ -1,18 +1,16 @@
 """Audio2Mesh, laid out as AniPortrait's `Audio2MeshModel`, so that its weights map onto theirs by name:
 
-    audio_encoder   a transformers Wav2Vec2Model (CNN `feature_extractor` frozen), or the mel encoder
+    audio_encoder   an a2m_lib.encoders.AudioEncoder (a transformers Wav2Vec2Model for wav2vec2/scratch, as
+                    AniPortrait's; or the mel or Whisper encoder)
     in_fn           Linear(hidden, latent)
     out_fn          Linear(latent, V*3), zero-initialised: an untrained model predicts the reference face
 
-Per clip, the encoder's frame-level input ("frame features") is computed once: the Wav2Vec2 CNN output,
-linearly interpolated (align_corners=True) to the clip's video frames, ceil(seconds x fps); or, for the
-mel encoder, librosa log-mel frames interpolated the same way. Sub-clips are slices of those frames, so
-a frozen CNN's (or the mel) output can be cached per clip without changing what the model computes.
-Then, for a padded batch:
+Per clip, the encoder's frame-level input ("frame features") is computed once (encoder.frame_features: a
+frozen CNN's output, log-mel frames, or Whisper's hidden states, at the clip's video frames, ceil(seconds x
+fps)). Sub-clips are slices of those frames, so frozen frame features can be cached per clip without changing
+what the model computes. Then, for a padded batch:
 
-    features (B, T, C) -> feature_projection -> Wav2Vec2 transformer (padding masked in attention)
-                       -> last hidden state, or the mean of all hidden states as transformers returns them
-                          (the embedding output included), as AniPortrait averages   (B, T, hidden)
+    features (B, T, C) -> encoder.encode (padding masked)                                 (B, T, hidden)
     -> in_fn (+ speaker vector) (+ reference embedding) -> out_fn                        (B, T, V, 3)
 
 The outputs are offsets from the reference: the speaker's neutral mesh, or, with a dynamic reference
@@ -31,7 +29,6 @@ Anything else is refused with UnsafeModelFileError, naming the file. Outside a2m
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import pickle
 from pathlib import Path
@@ -39,29 +36,19 @@ from pathlib import Path
 import numpy as np
 import safetensors.torch
 import torch
-import torch.nn.functional as F
 from torch import nn
-from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+from transformers import Wav2Vec2FeatureExtractor
 
 from . import files
-from .config import ModelConfig
+from .config import RENAMED, ModelConfig
+from .encoders import AudioEncoder, build_encoder, rebuild_encoder
 
 WEIGHTS_NAME, CONFIG_NAME = "model.safetensors", "config.json"
 MESH_UNITS = "mesh units (~cm): pose-free MediaPipe meshes, outer eye corners 9.0 apart (a2m_lib.mesh)"
-MEL_HOP_SECONDS, MEL_WINDOW_SECONDS = 0.01, 0.025
-
-
-ENCODER_LABELS = {"wav2vec2": "wav2vec2 (pretrained)",
-                  "scratch": "scratch: a small Wav2Vec2 trained from random weights (untrained, no pretraining)",
-                  "mel": "mel: log-mel + temporal convolutions (no pretraining)"}
 
 
 class UnsafeModelFileError(ValueError):
     """A model file that could only be loaded by running code from it (arbitrary unpickling)."""
-
-
-class EncoderLoadError(OSError):
-    """The configured audio encoder cannot be loaded; the message says how to fix it. Never a silent fallback."""
 
 
 def normalise_audio(audio: np.ndarray) -> np.ndarray:
@@ -69,97 +56,12 @@ def normalise_audio(audio: np.ndarray) -> np.ndarray:
     return Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm([audio.astype(np.float32)], attention_mask=None)[0]
 
 
-def interpolate_frames(features: torch.Tensor, n_frames: int) -> torch.Tensor:
-    """(C, T_audio) -> (n_frames, C): linear, align_corners=True, as AniPortrait resamples the CNN output."""
-    return F.interpolate(features[None], size=n_frames, mode="linear", align_corners=True)[0].T
-
-
-def log_mel(audio: np.ndarray, sample_rate: int, n_mels: int, n_frames: int, fps: float = 30.0,
-            standardise: bool = False) -> np.ndarray:
-    """(samples,) -> (n_frames, n_mels) float32: log-mel energies every 10 ms (25 ms windows), read at each video
-    frame's centre time, (t + 0.5) / fps. By time rather than by stretching the whole clip: a window of a long
-    recording then gives exactly the frames of a single pass (see Audio2Mesh.predict). `standardise`: each band
-    to zero mean and unit variance over the recording (removes microphone and room colouring)."""
-    import librosa
-
-    hop = int(MEL_HOP_SECONDS * sample_rate)
-    power = librosa.feature.melspectrogram(
-        y=audio.astype(np.float32), sr=sample_rate, n_fft=int(MEL_WINDOW_SECONDS * sample_rate), hop_length=hop,
-        n_mels=n_mels, fmin=40, fmax=sample_rate // 2 - 400)                       # (mels, 1 + samples // hop)
-    mel = np.log(power + 1e-6).T                                                    # frame k centred at k * hop
-    where = (np.arange(n_frames) + 0.5) / fps * sample_rate / hop
-    if standardise:
-        mel = (mel - mel.mean(0)) / (mel.std(0) + 1e-3)
-    columns = np.arange(len(mel))
-    return np.stack([np.interp(where, columns, band) for band in mel.T], axis=1).astype(np.float32)
-
-
-def scratch_encoder_config(cfg: ModelConfig) -> Wav2Vec2Config:
-    """A small Wav2Vec2 for offline runs (demo, tests) where no pretrained weights can be downloaded."""
-    channels = cfg.scratch_conv_channels
-    return Wav2Vec2Config(
-        hidden_size=cfg.scratch_hidden, num_hidden_layers=cfg.scratch_layers, num_attention_heads=4,
-        intermediate_size=2 * cfg.scratch_hidden, conv_dim=(channels,) * 7,
-        conv_stride=(5, 2, 2, 2, 2, 2, 2), conv_kernel=(10, 3, 3, 3, 3, 2, 2),
-        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
-        hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0,
-        layerdrop=0.0, mask_time_prob=0.0, vocab_size=32,
-    )
-
-
-class MelEncoder(nn.Module):
-    """Log-mel frames -> a stack of residual dilated 1-D convolutions over time. Padded frames are zeroed before
-    every convolution, so a clip padded in a batch gives what it gives alone. No normalisation across the bands
-    of a frame before the first layer: the frames are already standardised per band over the recording, and
-    a per-frame norm would erase loudness, the strongest cue for an open or closed mouth."""
-
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.hidden_size = cfg.mel_hidden
-        self.proj = nn.Linear(cfg.mel_bands, cfg.mel_hidden)
-        self.convs = nn.ModuleList(
-            nn.Conv1d(cfg.mel_hidden, cfg.mel_hidden, cfg.mel_kernel, dilation=2 ** i, padding=(cfg.mel_kernel - 1) // 2 * 2 ** i)
-            for i in range(cfg.mel_layers))
-        self.norms = nn.ModuleList(nn.LayerNorm(cfg.mel_hidden) for _ in range(cfg.mel_layers))
-        self.dropout = nn.Dropout(cfg.dropout)
-
-    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # (B, T, mels), (B, T)
-        keep = mask[..., None].to(features.dtype)
-        hidden = self.proj(features) * keep                                                 # (B, T, hidden)
-        for conv, norm in zip(self.convs, self.norms):
-            update = conv((hidden * keep).transpose(1, 2)).transpose(1, 2)                  # (B, T, hidden)
-            hidden = hidden + self.dropout(F.gelu(norm(update)))
-        return hidden * keep
-
-
-def build_encoder(cfg: ModelConfig) -> nn.Module:
-    """The audio encoder that cfg.model.encoder names; a pretrained one that cannot be loaded stops the run."""
-    if cfg.encoder == "mel":
-        return MelEncoder(cfg)
-    if cfg.encoder == "scratch":
-        return Wav2Vec2Model(scratch_encoder_config(cfg))
-    try:
-        return Wav2Vec2Model.from_pretrained(cfg.pretrained)
-    except OSError as error:
-        raise EncoderLoadError(
-            f"cannot load the audio encoder model.pretrained='{cfg.pretrained}' ({error}). Save it once on a machine "
-            f"with network access (Wav2Vec2Model.from_pretrained('facebook/wav2vec2-base-960h').save_pretrained("
-            f"'models/w2v2')), copy that folder here and set -p model.pretrained=models/w2v2; or train without "
-            f"pretrained weights: -p model.encoder=mel (configs/real.yaml) or -p model.encoder=scratch") from None
-
-
 class Audio2Mesh(nn.Module):
     def __init__(self, cfg: ModelConfig, speakers: list[str] | None = None, reference: str = "neutral",
                  audio_encoder: nn.Module | None = None):
         super().__init__()
         self.cfg, self.speakers, self.reference = cfg, list(speakers or []), reference
-        self.audio_encoder = audio_encoder if audio_encoder is not None else build_encoder(cfg)
-        if isinstance(self.audio_encoder, Wav2Vec2Model):
-            # SpecAugment never applies: forward() calls the feature projection and the transformer directly, not
-            # the top-level model that masks. The config stays as loaded, so the weights (masked_spec_embed
-            # included) load back into a Wav2Vec2Model built from it, ours or AniPortrait's.
-            if cfg.freeze_feature_encoder:
-                self.audio_encoder.freeze_feature_encoder()
+        self.audio_encoder: AudioEncoder = audio_encoder if audio_encoder is not None else build_encoder(cfg)
         n_outputs = cfg.n_vertices * 3
         self.in_fn = nn.Linear(self.hidden_size, cfg.latent_dim)
         self.speaker_embedding = nn.Embedding(len(self.speakers), cfg.latent_dim) if cfg.speaker_embedding else None
@@ -180,45 +82,29 @@ class Audio2Mesh(nn.Module):
             self.register_buffer("offset_mean", torch.zeros(rows, cfg.n_vertices, 3))
             self.register_buffer("offset_scale", torch.ones(rows))
 
-    # ------------------------------------------------------------------ what the encoder sees
+    # ------------------------------------------------------------------ what the encoder sees (a2m_lib.encoders)
     @property
     def hidden_size(self) -> int:
-        return self.audio_encoder.hidden_size if isinstance(self.audio_encoder, MelEncoder) \
-            else self.audio_encoder.config.hidden_size
+        return self.audio_encoder.hidden_size
 
     @property
     def frozen_features(self) -> bool:
-        """Frame features that no training changes (mel, or a frozen CNN): computed once per clip and cached."""
-        return self.cfg.encoder == "mel" or self.cfg.freeze_feature_encoder
+        """Frame features that no training changes: computed once per clip and cached."""
+        return self.audio_encoder.frozen
 
     def features_id(self) -> str:
-        """Names what frame_features computes (the weights of a frozen CNN, or the mel settings): the cache key."""
-        if self.cfg.encoder == "mel":
-            text = f"mel-by-time-standardised:{self.cfg.mel_bands}:{MEL_HOP_SECONDS}:{MEL_WINDOW_SECONDS}"
-        else:
-            digest = hashlib.sha256()
-            for name, tensor in sorted(self.audio_encoder.feature_extractor.state_dict().items()):
-                digest.update(name.encode())
-                digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-            text = f"cnn:{digest.hexdigest()}"
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        """Names what frame_features computes (frozen weights and settings): the feature cache's key."""
+        return self.audio_encoder.features_id()
 
     def frame_features(self, audio: torch.Tensor, n_frames: int, sample_rate: int = 16000, fps: float = 30.0) -> torch.Tensor:
         """One clip's normalised audio (samples,) -> its encoder input at the video frame rate, (n_frames, C)."""
-        if self.cfg.encoder == "mel":
-            mel = log_mel(audio.detach().cpu().numpy(), sample_rate, self.cfg.mel_bands, n_frames, fps, standardise=True)
-            return torch.from_numpy(mel).to(audio.device)
-        cnn = self.audio_encoder.feature_extractor(audio[None])[0]                        # (C, T_audio) at ~50 Hz
-        return interpolate_frames(cnn, n_frames)                                           # (n_frames, C)
+        return self.audio_encoder.frame_features(audio, sample_rate, n_frames, fps)
 
     # ------------------------------------------------------------------ the network
     def forward(self, features: torch.Tensor, mask: torch.Tensor, speaker_ids: torch.Tensor | None = None,
                 reference: torch.Tensor | None = None) -> torch.Tensor:
         """features (B, T, C) padded, mask (B, T) True on real frames -> offsets (B, T, V, 3)."""
-        if isinstance(self.audio_encoder, MelEncoder):
-            hidden = self.audio_encoder(features, mask)                                    # (B, T, hidden)
-        else:
-            hidden = self._transformer(features, mask)                                     # (B, T, hidden)
+        hidden = self.audio_encoder.encode(features, mask)                                 # (B, T, hidden)
         latent = self.in_fn(hidden)                                                        # (B, T, latent)
         if self.speaker_embedding is not None:
             latent = latent + self.speaker_embedding(speaker_ids)[:, None]
@@ -237,24 +123,6 @@ class Audio2Mesh(nn.Module):
             self.offset_scale[row] = float(scale[speaker])
         self.offset_mean[-1] = self.offset_mean[:-1].mean(0)
         self.offset_scale[-1] = self.offset_scale[:-1].mean()
-
-    def _transformer(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        hidden, _ = self.audio_encoder.feature_projection(features)                       # (B, T, hidden)
-        encoder = self.audio_encoder.encoder
-        if self.cfg.only_last_features:
-            return encoder(hidden, attention_mask=mask).last_hidden_state
-        # transformers records hidden states only at the top-level model, whose CNN output we must resample
-        # first: collect what it would return (the first layer's input, then every layer's output) with hooks.
-        states: list[torch.Tensor] = []
-        hooks = [encoder.layers[0].register_forward_pre_hook(lambda _m, args, *_: states.append(args[0]))]
-        hooks += [layer.register_forward_hook(lambda _m, _i, out: states.append(out[0] if isinstance(out, tuple) else out))
-                  for layer in encoder.layers]
-        try:
-            encoder(hidden, attention_mask=mask)
-        finally:
-            for hook in hooks:
-                hook.remove()
-        return torch.stack(states).mean(0)                                                 # (B, T, hidden)
 
     # ------------------------------------------------------------------ inference
     def speaker_index(self, speaker: str | None) -> int:
@@ -287,8 +155,8 @@ class Audio2Mesh(nn.Module):
         spf = sample_rate / fps
         output = np.zeros((n_frames, self.cfg.n_vertices, 3), np.float32)
         weight = np.zeros(n_frames, np.float32)
-        whole = None  # log-mel is cheap: computed once over the whole input, so windows see its standardisation
-        if self.cfg.encoder == "mel":
+        whole = None  # features that depend on the whole recording are computed once, so windows see what one pass sees
+        if self.audio_encoder.whole_recording:
             whole = self.frame_features(torch.from_numpy(normalised).to(device), n_frames, sample_rate, fps)
         starts = [0] if n_frames <= window else list(range(0, n_frames - overlap, window - overlap))
         for start in starts:
@@ -302,7 +170,7 @@ class Audio2Mesh(nn.Module):
                 piece[: len(available)] = available
                 features = self.frame_features(torch.from_numpy(piece).to(device), end - start, sample_rate, fps)[None]
             mask = torch.ones(1, end - start, dtype=torch.bool, device=device)
-            offsets = self(features, mask, speaker_ids, ref)[0].float().cpu().numpy()                 # (T, V, 3)
+            offsets = self(features.float(), mask, speaker_ids, ref)[0].float().cpu().numpy()                 # (T, V, 3)
             ramp = np.ones(end - start, np.float32)
             if start > 0:
                 ramp[:overlap] = np.linspace(0, 1, overlap + 2)[1:-1]
@@ -315,8 +183,8 @@ class Audio2Mesh(nn.Module):
     # ------------------------------------------------------------------ saving and loading
     def describe(self) -> dict:
         """The JSON config saved beside the weights: enough to rebuild this model offline."""
-        encoder_config = {} if isinstance(self.audio_encoder, MelEncoder) else self.audio_encoder.config.to_dict()
-        return dict(format="a2m-audio2mesh", model_config=dataclasses.asdict(self.cfg), encoder_config=encoder_config,
+        return dict(format="a2m-audio2mesh", model_config=dataclasses.asdict(self.cfg),
+                    encoder_config=self.audio_encoder.encoder_config(), encoder=self.audio_encoder.describe(),
                     speakers=self.speakers, reference=self.reference,
                     outputs="offsets from the reference mesh (the speaker's neutral, or the given frame), (T, V, 3)",
                     units=MESH_UNITS)
@@ -324,9 +192,10 @@ class Audio2Mesh(nn.Module):
     @classmethod
     def from_state(cls, description: dict, weights: dict[str, torch.Tensor]) -> "Audio2Mesh":
         """Rebuild from describe() and a state dict: the one constructor behind every loader."""
-        cfg = ModelConfig(**description["model_config"])
-        encoder = MelEncoder(cfg) if cfg.encoder == "mel" else \
-            Wav2Vec2Model(Wav2Vec2Config.from_dict(description["encoder_config"]))
+        saved = {RENAMED.get(f"model.{key}", f"model.{key}")[len("model."):]: value  # older names still load
+                 for key, value in description["model_config"].items()}
+        cfg = ModelConfig(**saved)
+        encoder = rebuild_encoder(cfg, description["encoder_config"])
         model = cls(cfg, description.get("speakers"), description.get("reference", "neutral"), audio_encoder=encoder)
         model.load_state_dict(weights)
         return model

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from transformers import Wav2Vec2Model
 
 from . import files, media, regions, store
 from .config import config_from_dict
@@ -137,8 +138,8 @@ def export_aniportrait(run_dir: str | Path, out_dir: str | Path, checkpoint: str
     path = Path(run_dir) / "checkpoints" / f"{checkpoint}.pt"
     model = load_model(path)
     reasons = []
-    if model.cfg.encoder == "mel":
-        reasons.append("its audio encoder is the mel encoder (AniPortrait's is a Wav2Vec2Model)")
+    if not isinstance(model.audio_encoder, Wav2Vec2Model):
+        reasons.append(f"its audio encoder is not a Wav2Vec2Model, as AniPortrait's is: {model.audio_encoder.describe()}")
     if model.cfg.n_vertices != regions.N_LANDMARKS:
         reasons.append(f"it predicts {model.cfg.n_vertices} vertices (AniPortrait: 468, 1404 outputs)")
     if model.speaker_embedding is not None:

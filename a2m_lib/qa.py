@@ -38,7 +38,8 @@ Decisions (qa.csv `status`):
   whether training, neutral selection and evaluation use such clips (column `use`).
 A decided offset beyond qa.max_offset_frames fails, or with qa.correct_offset is corrected: the
 clip is kept and its audio shifted by the offset wherever training and evaluation read it
-(column audio_shift_frames). Columns: clip_offset_frames / clip_confidence (the clip's own estimate,
+(column audio_shift_frames). With qa.align_in_tolerance (the default), a decided offset within
+tolerance is shifted the same way, so training never learns a lag of 1-3 frames (100 ms at 30 fps). Columns: clip_offset_frames / clip_confidence (the clip's own estimate,
 before any pooling), source_offset_frames / source_confidence (pooled), av_offset_frames /
 av_confidence (the value QA decided on), sync_method (store | clip).
 
@@ -144,6 +145,10 @@ def judge(row: dict, cfg: QAConfig) -> dict:
             notes.append(f"audio/video offset {offset:+d} frames corrected: the audio is shifted {offset:+d} frames earlier")
         else:
             reasons.append(f"audio/video offset {offset:+d} frames (> {cfg.max_offset_frames})")
+    elif not uncertain and offset and cfg.align_in_tolerance:
+        shift = offset
+        notes.append(f"audio/video offset {offset:+d} frames (within tolerance) corrected: the audio is shifted "
+                     f"{offset:+d} frames earlier")
     status = "fail" if reasons else "uncertain" if uncertain else "pass"
     use = status == "pass" or (status == "uncertain" and cfg.use_uncertain)
     return dict(row, av_offset_frames=offset, av_confidence=round(confidence, 4), status=status, use=use,

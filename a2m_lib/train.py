@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from . import faults, files, regions, store
 from .config import Config
 from .dataset import ClipDataset, EpochBatches, FeatureCache, collate, speaker_statistics, split_clips
-from .model import ENCODER_LABELS, Audio2Mesh, load_checkpoint, resolve_device
+from .model import Audio2Mesh, load_checkpoint, resolve_device
 
 # Training keys that change only speed or bookkeeping, not the weights: a resumed run may differ in these.
 RESUMABLE_CHANGES = {"device", "num_workers", "num_threads", "processes", "resume", "validate_every",
@@ -68,7 +68,7 @@ class TrainResult:
     motion_ratio: float = float("nan")  # predicted / true motion std on validation, last epoch
     collapsed: bool = False  # motion_ratio below train.collapse_ratio
     warning: str = ""
-    encoder: str = ""  # which encoder, and whether it was pretrained (ENCODER_LABELS)
+    encoder: str = ""  # which encoder, its weights and whether it was pretrained (AudioEncoder.describe)
 
 
 @dataclass
@@ -160,7 +160,7 @@ def batch_features(model: Audio2Mesh, batch: dict, device, augment: torch.Genera
             pieces = [model.frame_features(audio.to(device), n_frames, fps=batch["fps"])[start: start + length]
                       for audio, start, n_frames, length in zip(batch["audio"], batch["starts"], batch["clip_frames"],
                                                                 batch["lengths"])]
-        features = torch.nn.utils.rnn.pad_sequence(pieces, batch_first=True)
+        features = torch.nn.utils.rnn.pad_sequence(pieces, batch_first=True).float()
     if augment is not None:  # standardised log-mel: a random tilt per clip, noise, a masked band (SpecAugment-like)
         shape = features.shape
         tilt = torch.linspace(-1, 1, shape[2])[None, None] * torch.empty(shape[0], 1, 1).uniform_(-0.3, 0.3, generator=augment)
@@ -433,7 +433,7 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True) -> TrainResul
         if writer is not None:
             writer.close()
     result = _summary(history, best, str(device), time.time() - started, tcfg.collapse_ratio)
-    result.encoder = ENCODER_LABELS[cfg.model.encoder] + (f": {cfg.model.pretrained}" if cfg.model.encoder == "wav2vec2" else "")
+    result.encoder = model.audio_encoder.describe()
     if procs.main:
         files.write_json(run_dir / "train_summary.json", dataclasses.asdict(result) | dict(history=None))
     if result.warning:

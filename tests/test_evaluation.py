@@ -132,7 +132,7 @@ def test_predict_reads_any_audio_and_says_what_is_wrong(trained_run, synthetic_r
 
 def test_long_audio_in_windows_has_no_seam():
     torch.manual_seed(0)
-    model = Audio2Mesh(ModelConfig(encoder="mel", mel_hidden=32, latent_dim=16)).eval()
+    model = Audio2Mesh(ModelConfig(encoder="mel", conv_hidden=32, latent_dim=16)).eval()
     torch.nn.init.normal_(model.out_fn.weight, std=0.1)
     t = np.arange(16000 * 12) / 16000
     audio = (np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32)
@@ -160,7 +160,7 @@ def test_export_loads_strictly_into_aniportraits_layout(trained_run, tmp_path):
     theirs.load_state_dict(torch.load(settings["a2m_ckpt"], weights_only=True), strict=True)
     mel_run = tmp_path / "mel"
     (mel_run / "checkpoints").mkdir(parents=True)
-    mel = Audio2Mesh(ModelConfig(encoder="mel", mel_hidden=32, latent_dim=16))
+    mel = Audio2Mesh(ModelConfig(encoder="mel", conv_hidden=32, latent_dim=16))
     torch.save(dict(mel.describe(), model=mel.state_dict()), mel_run / "checkpoints" / "best.pt")
     with pytest.raises(predict.ExportError, match="mel encoder"):
         predict.export_aniportrait(mel_run, tmp_path / "no")

@@ -7,7 +7,8 @@ from transformers import Wav2Vec2Model
 
 from a2m_lib.config import ConfigError, ModelConfig, load_config
 from a2m_lib.dataset import EpochBatches, collate
-from a2m_lib.model import Audio2Mesh, EncoderLoadError, normalise_audio, resolve_device, scratch_encoder_config
+from a2m_lib.encoders import EncoderLoadError, scratch_encoder_config
+from a2m_lib.model import Audio2Mesh, normalise_audio, resolve_device
 from a2m_lib.train import masked_l1
 
 TINY = dict(scratch_hidden=32, scratch_layers=2, scratch_conv_channels=16)
@@ -82,10 +83,10 @@ def test_mean_of_hidden_states_is_what_transformers_returns(tiny_checkpoint):
     torch.testing.assert_close(got_last, reference.last_hidden_state, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("encoder", ["scratch", "mel"])
+@pytest.mark.parametrize("encoder", ["scratch", "mel", "whisper"])
 def test_a_padded_clip_gives_what_it_gives_alone(encoder):
     torch.manual_seed(0)
-    model = Audio2Mesh(ModelConfig(encoder=encoder, latent_dim=16, only_last_features=False, mel_hidden=32, **TINY)).eval()
+    model = Audio2Mesh(ModelConfig(encoder=encoder, latent_dim=16, only_last_features=False, conv_hidden=32, **TINY)).eval()
     torch.nn.init.normal_(model.out_fn.weight)
     short, long = _features(model, 1.0, 30, seed=2), _features(model, 2.0, 60, seed=3)
     padded = torch.zeros(2, 60, short.shape[1])
@@ -99,13 +100,13 @@ def test_a_padded_clip_gives_what_it_gives_alone(encoder):
 
 
 def test_mel_encoder_features_are_log_mel_at_the_frame_rate():
-    model = Audio2Mesh(ModelConfig(encoder="mel", mel_bands=40, mel_hidden=32, latent_dim=16))
+    model = Audio2Mesh(ModelConfig(encoder="mel", mel_bands=40, conv_hidden=32, latent_dim=16))
     features = _features(model, 2.0, 60)
     assert features.shape == (60, 40) and model.frozen_features and torch.isfinite(features).all()
 
 
 def test_speaker_embedding_and_dynamic_reference_change_the_output():
-    cfg = ModelConfig(encoder="mel", mel_hidden=32, latent_dim=16, speaker_embedding=True)
+    cfg = ModelConfig(encoder="mel", conv_hidden=32, latent_dim=16, speaker_embedding=True)
     model = Audio2Mesh(cfg, speakers=["a", "b"], reference="random_frame").eval()
     torch.nn.init.normal_(model.out_fn.weight)
     features, mask = _features(model, 1.0, 30)[None].repeat(2, 1, 1), torch.ones(2, 30, dtype=torch.bool)

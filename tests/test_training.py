@@ -100,13 +100,13 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(processed, 
     assert kept["step_in_epoch"] == 2 and not all(torch.equal(good[k], kept["model"][k]) for k in good)
 
 
-@pytest.mark.parametrize("encoder", ["scratch", "mel"])
+@pytest.mark.parametrize("encoder", ["scratch", "mel", "whisper"])
 def test_the_feature_cache_gives_the_loss_curve_of_recomputing(processed, qa_run, accepted, tmp_path, encoder):
     curves = []
     for cached in (True, False):
         run_dir = _prepared_run(tmp_path / f"cache{cached}", processed, qa_run, accepted)
         cfg = _cfg(processed, **{"train.epochs": 2, "model.encoder": encoder, "model.freeze_feature_encoder": True,
-                                 "model.mel_hidden": 32, "train.cache_features": cached})
+                                 "model.conv_hidden": 32, "train.cache_features": cached})
         curves.append(train.train(cfg, run_dir, progress=False).history[["train_loss", "val_loss"]].to_numpy())
     np.testing.assert_allclose(curves[0], curves[1], rtol=1e-4, atol=1e-6)
     assert list((processed / "features").iterdir()), "the cache lives in the store"
@@ -154,13 +154,13 @@ def test_real_recipes_train_offline_and_the_pretrained_one_never_falls_back(proc
     from transformers import Wav2Vec2Model
 
     from a2m_lib.config import ModelConfig
-    from a2m_lib.model import EncoderLoadError, scratch_encoder_config
+    from a2m_lib.encoders import EncoderLoadError, scratch_encoder_config
 
     tiny = tmp_path / "tiny_w2v2"
     Wav2Vec2Model(scratch_encoder_config(ModelConfig(encoder="scratch", scratch_hidden=32, scratch_layers=1,
                                                      scratch_conv_channels=16))).save_pretrained(tiny)
     small = {"data.processed": str(processed), "train.epochs": 1, "model.latent_dim": 16}
-    for recipe, extra in (("real.yaml", {"model.mel_hidden": 32}), ("real_w2v.yaml", {"model.pretrained": str(tiny)})):
+    for recipe, extra in (("real.yaml", {"model.conv_hidden": 32}), ("real_w2v.yaml", {"model.pretrained": str(tiny)})):
         run_dir = _prepared_run(tmp_path / recipe, processed, qa_run, accepted)
         cfg = load_config(REPO / "configs" / recipe, {**small, **extra})
         result = train.train(cfg, run_dir, progress=False)

