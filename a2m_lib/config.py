@@ -48,6 +48,7 @@ class DataConfig:
     val_fraction: float = 0.1
     test_fraction: float = 0.15
     split_by: str = "clip"  # clip: held-out clips of every speaker | speaker: held-out speakers
+    train_minutes: float = 0.0  # > 0: each speaker trains on at most this much footage; held-out clips unchanged
 
     def __post_init__(self):
         _check(self.split_by in ("clip", "speaker"), "data.split_by", self.split_by, "clip or speaker")

@@ -25,11 +25,14 @@ from .model import normalise_audio
 
 
 def split_clips(accepted: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int,
-                by: str = "clip") -> pd.DataFrame:
-    """Deterministic split by a hash of (seed, clip_id or speaker): adds a `split` column (train|val|test).
+                by: str = "clip", train_minutes: float = 0.0, fps: float = 30.0) -> pd.DataFrame:
+    """Deterministic split by a hash of (seed, clip_id or speaker): adds a `split` column (train|val|test|unused).
 
     by="clip": per speaker, so every speaker is in training; each speaker with at least 3 clips gets at least one
     val and one test clip. by="speaker": whole speakers are held out (needs at least 3 speakers).
+    train_minutes > 0: each speaker trains on at most that much footage (n_frames / fps), its clips taken in the
+    split's hash order; the rest are `unused`. The val and test clips do not change with it, so runs with
+    different amounts of footage are scored on the same held-out clips (data.train_minutes).
     """
     def ranked(names):
         return sorted(names, key=lambda name: hashlib.sha256(f"{seed}:{name}".encode()).hexdigest())
@@ -51,6 +54,12 @@ def split_clips(accepted: pd.DataFrame, val_fraction: float, test_fraction: floa
             order = ranked(group.clip_id)
             parts.append(group.assign(split=group.clip_id.map(dict(zip(order, assign(len(order)))))))
         table = pd.concat(parts)
+    if train_minutes > 0:
+        for _, group in table[table.split == "train"].groupby("speaker", sort=True):
+            order = ranked(group.clip_id)
+            seconds = group.set_index("clip_id").loc[order, "n_frames"].to_numpy(float) / fps
+            within = np.concatenate([[True], np.cumsum(seconds)[:-1] < train_minutes * 60])  # at least one clip
+            table.loc[table.clip_id.isin([c for c, keep in zip(order, within) if not keep]), "split"] = "unused"
     return table.sort_values("clip_id").reset_index(drop=True)
 
 

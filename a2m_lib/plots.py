@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -277,3 +278,66 @@ def look_and_listen(result, processed: str | Path, run_dir: str | Path) -> dict[
                                                       Path(run_dir) / "renders" / f"{clip_id}.mp4", int(shifts.get(clip_id, 0)))
         display(Video(str(videos[label]), embed=True, width=960, html_attributes="controls"))
     return videos
+
+
+# ----------------------------------------------------------------------------------- how much footage
+
+def footage_curve(rows: list[dict], this_run_minutes: float | None = None):
+    """Held-out mouth correlation and LVE (x the mean-offset baseline) against minutes of one speaker's training
+    footage, one line per encoder (benchmarks/footage_curve.py); `this_run_minutes` marks a run's own amount."""
+    table = pd.DataFrame(rows)
+    figure, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for (encoder, group), marker in zip(table.groupby("encoder"), "os^v"):
+        group = group.sort_values("minutes")
+        for axis, key in zip(axes, ("mouth_corr", "lve_x_mean_offset", "motion_ratio")):
+            axis.plot(group.minutes, group[key], marker=marker, label=encoder)
+    for axis, key, title, target in zip(axes, ("mouth_corr", "lve_x_mean_offset", "motion_ratio"),
+                                        ("mouth correlation (held out)", "LVE / mean-offset baseline", "motion ratio"),
+                                        ((0.7,), (0.85,), (0.7, 1.3))):
+        axis.set_xscale("log")
+        axis.set_xlabel("minutes of training footage (one speaker)")
+        axis.set_title(title)
+        for value in target:
+            axis.axhline(value, color="grey", linestyle=":", linewidth=1)
+        if this_run_minutes:
+            axis.axvline(this_run_minutes, color="black", linewidth=1, label="this run")
+        axis.grid(alpha=0.3)
+    axes[0].legend()
+    figure.suptitle("How much footage does a speaker need? (GRID s1, same held-out clips; dotted: targets)")
+    figure.tight_layout()
+    return figure
+
+
+def footage_reference(run_dir: str | Path, fps: float):
+    """The footage curve of benchmarks/footage_curve.py with this run's training minutes per speaker (the median
+    speaker) marked; a note instead where the benchmark has not been run."""
+    results = files.project_path("benchmarks/footage_curve_results.json")
+    if not results.exists():
+        print(f"no {results}: run benchmarks/footage_curve.py for the reference curve")
+        return None
+    run_dir = Path(run_dir)
+    splits = pd.read_csv(run_dir / "splits.csv", keep_default_na=False)
+    frames = pd.read_csv(store.qa_table_path(run_dir), keep_default_na=False)[["clip_id", "n_frames"]]
+    train = splits[splits.split == "train"].merge(frames, on="clip_id")
+    minutes = float(train.groupby("speaker").n_frames.sum().median()) / fps / 60
+    print(f"this run: {minutes:.1f} min of training footage for the median speaker")
+    return footage_curve(json.loads(results.read_text())["rows"], this_run_minutes=minutes)
+
+
+def layer_mix(run_dir: str | Path, checkpoint: str = "best"):
+    """How much the trained model listens to each hidden state of a pretrained encoder that mixes its layers
+    (model.whisper_layers: weighted); None for an encoder without a layer mix."""
+    from .model import load_model
+
+    model = load_model(Path(run_dir) / "checkpoints" / f"{checkpoint}.pt")
+    mix = getattr(model.audio_encoder, "layer_mix", lambda: None)()
+    if mix is None:
+        return None
+    figure, axis = plt.subplots(figsize=(6, 2.6))
+    axis.bar(range(len(mix)), mix)
+    axis.axhline(1 / len(mix), color="grey", linestyle=":", linewidth=1)
+    axis.set_xticks(range(len(mix)), ["embedding"] + [f"layer {i}" for i in range(1, len(mix))])
+    axis.set_ylabel("weight")
+    axis.set_title(f"layer mix of {model.audio_encoder.describe().split(',')[0]} (dotted: uniform)")
+    figure.tight_layout()
+    return figure

@@ -296,7 +296,8 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True) -> TrainResul
     accepted = store.accepted_clips(run_dir)
     if accepted.empty:
         raise RuntimeError(f"no clips passed QA in {store.qa_table_path(run_dir)}; see its reason column")
-    splits = split_clips(accepted, cfg.data.val_fraction, cfg.data.test_fraction, cfg.seed, cfg.data.split_by)
+    splits = split_clips(accepted, cfg.data.val_fraction, cfg.data.test_fraction, cfg.seed, cfg.data.split_by,
+                         cfg.data.train_minutes, cfg.data.fps)
     split_columns = [c for c in ("clip_id", "speaker", "language", "split", "audio_shift_frames") if c in splits]
     split = splits[split_columns].astype(str).values.tolist()
     neutrals = store.load_neutrals(run_dir / "neutral")

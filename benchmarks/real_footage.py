@@ -1,17 +1,20 @@
-"""The real-footage recipe (configs/real.yaml) on the real clips of ../shared/eval_media: training time and
-held-out metrics per speaker, so later changes can be compared against it.
+"""The real-footage recipes on the real clips of ../shared/eval_media, side by side on one split: training time and
+held-out metrics per speaker for the mel encoder (configs/real_mel.yaml), Whisper tiny.en and Whisper base
+(configs/real.yaml), so later changes can be compared against them.
 
-    .venv/bin/python benchmarks/real_footage.py [--run-dir runs/real] [-p key=value ...]
+    .venv/bin/python benchmarks/real_footage.py [--variants mel tiny.en base] [-p key=value ...]
 
-Builds data/raw/real/<speaker>/ as symbolic links into ../shared/eval_media (nothing is copied into the
-repo), then runs all five notebooks with `a2m run --config configs/real.yaml`. Held-out clips are chosen by
-the config's split (per speaker, by clip); every speaker with at least 3 accepted clips has test clips.
+Builds data/raw/real/<speaker>/ as symbolic links into ../shared/eval_media (nothing is copied into the repo), runs
+notebooks 01-03 once (runs/real: extraction, QA, neutrals), then notebooks 04-05 for each variant in
+runs/real-<variant> on that run's QA decisions and neutrals. Held-out clips are chosen by the config's split (per
+speaker, by clip; the same for every variant); every speaker with at least 3 accepted clips has test clips.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -77,9 +80,25 @@ def build_raw(raw: Path) -> int:
     return count
 
 
+VARIANTS = {"mel": ("configs/real_mel.yaml", []), "tiny.en": ("configs/real.yaml", ["model.pretrained=tiny.en"]),
+            "base": ("configs/real.yaml", ["model.pretrained=base"])}
+
+
+def summarise(run_dir: Path, record: dict) -> dict:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    return dict(encoder=metrics["encoder"], seconds_per_notebook={k: v["seconds"] for k, v in record["notebooks"].items()},
+                model=metrics["model"], baselines=metrics["baselines"], failures=metrics["failures"],
+                lve_ratio_model_to_neutral=metrics["lve_ratio_model_to_neutral"],
+                lve_ratio_model_to_mean_offset=metrics["lve_ratio_model_to_mean_offset"],
+                per_speaker={s: dict(lve=b["model"]["lve"], mean_offset_lve=b["baselines"]["mean_offset"]["lve"],
+                                     neutral_lve=b["baselines"]["neutral"]["lve"], mouth_corr=b["model"]["mouth_corr"],
+                                     motion_ratio=b["model"]["motion_ratio"], n_clips=b["model"]["n_clips"])
+                             for s, b in metrics["per_speaker"].items()})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--run-dir", default=str(REPO / "runs" / "real"))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("-p", "--param", action="append", default=[])
     args = parser.parse_args()
     if not SHARED.exists():
@@ -88,19 +107,28 @@ def main() -> None:
 
     raw = REPO / "data" / "raw" / "real"
     print(f"{build_raw(raw)} real videos linked under {raw}", flush=True)
+    base = REPO / "runs" / "real"
     started = time.time()
-    record = runner.run(REPO / "configs" / "real.yaml", args.run_dir, args.param)
-    metrics = json.loads((Path(args.run_dir) / "metrics.json").read_text())
-    result = dict(seconds_total=round(time.time() - started), seconds_per_notebook={k: v["seconds"] for k, v in record["notebooks"].items()},
-                  model=metrics["model"], baselines=metrics["baselines"], failures=metrics["failures"],
-                  lve_ratio_model_to_neutral=metrics["lve_ratio_model_to_neutral"],
-                  lve_ratio_model_to_mean_offset=metrics["lve_ratio_model_to_mean_offset"],
-                  per_speaker={s: dict(lve=b["model"]["lve"], mean_offset_lve=b["baselines"]["mean_offset"]["lve"],
-                                       neutral_lve=b["baselines"]["neutral"]["lve"], mouth_corr=b["model"]["mouth_corr"],
-                                       motion_ratio=b["model"]["motion_ratio"], n_clips=b["model"]["n_clips"])
-                               for s, b in metrics["per_speaker"].items()})
+    record = {"notebooks": {}}
+    for stage in ("01", "02", "03"):  # once: every variant trains on these QA decisions and neutrals
+        record["notebooks"].update(runner.run(REPO / "configs" / "real.yaml", base, args.param, only=stage)["notebooks"])
+    result = dict(seconds_shared_stages={k: v["seconds"] for k, v in record["notebooks"].items()}, variants={})
+    for name in args.variants:
+        config, params = VARIANTS[name]
+        run_dir = REPO / "runs" / f"real-{name}"
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir.mkdir(parents=True)
+        shutil.copy(base / "qa.csv", run_dir / "qa.csv")
+        shutil.copytree(base / "neutral", run_dir / "neutral")
+        variant_record = runner.run(REPO / config, run_dir, params + args.param, stage_from="04")
+        result["variants"][name] = summarise(run_dir, variant_record)
+    result["seconds_total"] = round(time.time() - started)
     (REPO / "benchmarks" / "real_footage_results.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    print(f"{'variant':10} {'train s':>8} {'LVE':>7} {'x neutral':>10} {'x mean off':>11} {'corr':>6} {'motion':>7}")
+    for name, row in result["variants"].items():
+        print(f"{name:10} {row['seconds_per_notebook']['04_train']:8.0f} {row['model']['lve']:7.3f} "
+              f"{row['lve_ratio_model_to_neutral']:10.2f} {row['lve_ratio_model_to_mean_offset']:11.2f} "
+              f"{row['model']['mouth_corr']:6.2f} {row['model']['motion_ratio']:7.2f}")
 
 
 if __name__ == "__main__":

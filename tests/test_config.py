@@ -38,3 +38,10 @@ def test_bad_value_is_an_error_naming_the_key():
 
 def test_config_round_trips_through_a_dict(cfg):
     assert config_from_dict(cfg.to_dict()) == cfg
+
+
+def test_a_renamed_key_names_its_new_name():
+    with pytest.raises(ConfigError, match="'model.mel_hidden' is now 'model.conv_hidden'"):
+        load_config(None, {"model.mel_hidden": 64})
+    with pytest.raises(ConfigError, match="model.whisper_layers.*weighted or last"):
+        load_config(None, {"model.whisper_layers": "all"})

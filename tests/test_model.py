@@ -74,10 +74,9 @@ def test_mean_of_hidden_states_is_what_transformers_returns(tiny_checkpoint):
         expected = torch.stack(reference.hidden_states).mean(0)
         n_frames = expected.shape[1]
         features = model.frame_features(audio[0], n_frames)[None]
-        got = model._transformer(features, torch.ones(1, n_frames, dtype=torch.bool))
-        last = dataclasses.replace(model.cfg, only_last_features=True)
-        model.cfg = last
-        got_last = model._transformer(features, torch.ones(1, n_frames, dtype=torch.bool))
+        got = model.audio_encoder.encode(features, torch.ones(1, n_frames, dtype=torch.bool))
+        model.audio_encoder.a2m_cfg = dataclasses.replace(model.cfg, only_last_features=True)
+        got_last = model.audio_encoder.encode(features, torch.ones(1, n_frames, dtype=torch.bool))
     assert len(reference.hidden_states) == model.audio_encoder.config.num_hidden_layers + 1
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(got_last, reference.last_hidden_state, atol=1e-5, rtol=1e-4)
@@ -178,3 +177,18 @@ def test_a_pretrained_style_encoder_round_trips(tmp_path):
     model.save_pretrained(tmp_path / "saved")
     loaded = load_model(tmp_path / "saved")
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+
+
+def test_train_minutes_limits_training_footage_and_keeps_the_held_out_clips():
+    import pandas as pd
+
+    from a2m_lib.dataset import split_clips
+
+    accepted = pd.DataFrame(dict(clip_id=[f"c{i:02d}" for i in range(40)], speaker=["a"] * 20 + ["b"] * 20,
+                                 n_frames=[90] * 40))  # 3 s clips at 30 fps
+    full = split_clips(accepted, 0.1, 0.2, seed=0)
+    limited = split_clips(accepted, 0.1, 0.2, seed=0, train_minutes=0.25, fps=30)  # 15 s: 5 clips per speaker
+    held_out = full.split.isin(["val", "test"])
+    assert (limited.split[held_out] == full.split[held_out]).all() and not limited.split[~held_out].isin(["val", "test"]).any()
+    assert (limited[limited.split == "train"].groupby("speaker").size() == 5).all()
+    assert set(limited.split) == {"train", "val", "test", "unused"}
