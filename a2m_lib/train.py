@@ -449,7 +449,7 @@ def _summary(history: list, best: list, device: str, seconds: float, collapse_ra
     collapsed = bool(math.isfinite(ratio) and ratio < collapse_ratio)
     warning = (f"COLLAPSE: on validation the predicted motion is {ratio:.2f} x the true motion (below "
                f"train.collapse_ratio={collapse_ratio}): the model predicts almost no movement. See the README's "
-               f"real-footage recipe (configs/real.yaml)") if collapsed else ""
+               f"real-footage recipe (configs/real.yaml) and its \"Which encoder when\"") if collapsed else ""
     return TrainResult(history=table, best_epoch=int(best[1]), best_val_loss=float(best[0]), device=device,
                        seconds=seconds, motion_ratio=ratio, collapsed=collapsed, warning=warning)
 

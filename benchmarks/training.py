@@ -98,7 +98,7 @@ def peak_memory(folder: Path) -> float:
     """Peak RSS (GB) of a child process that trains one epoch of the mel recipe on the synthetic hour."""
     code = (f"import resource, sys; sys.path.insert(0, {str(REPO)!r})\n"
             "from a2m_lib import config, train\n"
-            f"cfg = config.load_config({str(REPO / 'configs' / 'real.yaml')!r}, {{'data.processed': {str(folder / 'store')!r}, "
+            f"cfg = config.load_config({str(REPO / 'configs' / 'real_mel.yaml')!r}, {{'data.processed': {str(folder / 'store')!r}, "
             "'train.epochs': 1, 'data.val_fraction': 0.02, 'data.test_fraction': 0.02})\n"
             f"train.train(cfg, {str(folder / 'run')!r}, progress=False)\n"
             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6)")

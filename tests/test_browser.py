@@ -49,11 +49,15 @@ def jupyterlab(processed, qa_run, tmp_path):
          "--IdentityProvider.token=a2m-test", "--allow-root", "--LabApp.news_url=None", "notebooks/"],
         env=env, cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        for _ in range(120):
+        # JupyterLab listens after 5-10 s here; wait up to 180 s (CI's 2 cores may be busy) and say so if it never does
+        deadline = time.monotonic() + 180
+        while True:
             try:
                 socket.create_connection(("127.0.0.1", port), 1).close()
                 break
             except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"JupyterLab did not start listening on port {port} (exit code {server.poll()})")
                 time.sleep(0.5)
         yield f"http://127.0.0.1:{port}/lab?token=a2m-test", project / "runs" / "demo" / "neutral"
     finally:
@@ -89,8 +93,8 @@ def test_clicking_a_candidate_in_jupyterlab_writes_the_neutral(jupyterlab):
             second = next(text for text in labels if text.startswith("#2 "))  # "#2 <clip_id>:<frame> · score …"
             clip_id, frame = second.split()[1].rsplit(":", 1)
             page.locator('button:has-text("use this frame")').nth(1).click()
-            deadline = time.time() + 30
-            while time.time() < deadline:
+            deadline = time.monotonic() + 90  # the kernel writes the file within a second or two; 90 s of margin
+            while time.monotonic() < deadline:
                 saved = store.load_neutral(neutral_dir / "spk0.npz")
                 if saved["chosen_by"] == "manual":
                     break

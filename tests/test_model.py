@@ -82,10 +82,11 @@ def test_mean_of_hidden_states_is_what_transformers_returns(tiny_checkpoint):
     torch.testing.assert_close(got_last, reference.last_hidden_state, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("encoder", ["scratch", "mel", "whisper"])
+@pytest.mark.parametrize("encoder", [dict(encoder="scratch"), dict(encoder="mel"), dict(encoder="whisper"),
+                                     dict(encoder="whisper", finetune_layers=1)], ids=["scratch", "mel", "whisper", "whisper-ft1"])
 def test_a_padded_clip_gives_what_it_gives_alone(encoder):
     torch.manual_seed(0)
-    model = Audio2Mesh(ModelConfig(encoder=encoder, latent_dim=16, only_last_features=False, conv_hidden=32, **TINY)).eval()
+    model = Audio2Mesh(ModelConfig(**encoder, latent_dim=16, only_last_features=False, conv_hidden=32, **TINY)).eval()
     torch.nn.init.normal_(model.out_fn.weight)
     short, long = _features(model, 1.0, 30, seed=2), _features(model, 2.0, 60, seed=3)
     padded = torch.zeros(2, 60, short.shape[1])
@@ -93,7 +94,7 @@ def test_a_padded_clip_gives_what_it_gives_alone(encoder):
     mask = torch.zeros(2, 60, dtype=torch.bool)
     mask[0, :30], mask[1] = True, True
     with torch.no_grad():
-        alone = model(short[None], torch.ones(1, 30, dtype=torch.bool))[0]
+        alone = model(short[None].float(), torch.ones(1, 30, dtype=torch.bool))[0]
         batched = model(padded, mask)[0, :30]
     torch.testing.assert_close(batched, alone, atol=1e-4, rtol=1e-4)
 

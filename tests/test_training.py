@@ -150,7 +150,8 @@ def test_collapse_is_reported_loudly(processed, qa_run, accepted, tmp_path):
 
 
 def test_real_recipes_train_offline_and_the_pretrained_one_never_falls_back(processed, qa_run, accepted, tmp_path):
-    """configs/real.yaml (mel) and configs/real_w2v.yaml (pretrained wav2vec2, here a tiny locally saved one)."""
+    """configs/real.yaml (Whisper tiny.en, installed with a2m), configs/real_mel.yaml (mel) and configs/real_w2v.yaml
+    (pretrained wav2vec2, here a tiny locally saved one)."""
     from transformers import Wav2Vec2Model
 
     from a2m_lib.config import ModelConfig
@@ -160,7 +161,8 @@ def test_real_recipes_train_offline_and_the_pretrained_one_never_falls_back(proc
     Wav2Vec2Model(scratch_encoder_config(ModelConfig(encoder="scratch", scratch_hidden=32, scratch_layers=1,
                                                      scratch_conv_channels=16))).save_pretrained(tiny)
     small = {"data.processed": str(processed), "train.epochs": 1, "model.latent_dim": 16}
-    for recipe, extra in (("real.yaml", {"model.conv_hidden": 32}), ("real_w2v.yaml", {"model.pretrained": str(tiny)})):
+    for recipe, extra in (("real.yaml", {"model.conv_hidden": 32}), ("real_mel.yaml", {"model.conv_hidden": 32}),
+                          ("real_w2v.yaml", {"model.pretrained": str(tiny)})):
         run_dir = _prepared_run(tmp_path / recipe, processed, qa_run, accepted)
         cfg = load_config(REPO / "configs" / recipe, {**small, **extra})
         result = train.train(cfg, run_dir, progress=False)
