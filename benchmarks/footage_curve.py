@@ -7,7 +7,8 @@ Extracts grid_s1 once (notebooks 01-03 with configs/grid.yaml into runs/grid_s1-
 nothing copied into the repo), then for each amount of footage (data.train_minutes; 0 = every training clip) and
 encoder trains and evaluates in process on the one split: the val and test clips never change. Every point gets the
 same number of optimiser steps (--steps), so a small set is not short of training. Writes
-benchmarks/footage_curve_results.json and benchmarks/footage_curve.png; notebook 04 shows the curve.
+benchmarks/footage_curve_results.json after every point (a rerun skips the points it holds) and
+benchmarks/footage_curve.png; notebook 04 shows the curve.
 """
 from __future__ import annotations
 
@@ -96,9 +97,13 @@ def main() -> None:
     base = REPO / "runs" / "grid_s1-base"
     prepare(base)
     out = REPO / "benchmarks" / "footage_curve_results.json"
-    rows = []
+    # points already measured with the same number of steps are kept, not trained again (a stopped run resumes)
+    earlier = json.loads(out.read_text()) if out.exists() else {}
+    rows = earlier.get("rows", []) if earlier.get("steps") == args.steps else []
     for minutes in args.minutes:
         for encoder in args.encoders:
+            if any(row["encoder"] == encoder and row["asked_minutes"] == minutes for row in rows):
+                continue
             rows.append(one_point(base, encoder, minutes, args.steps))
             print(json.dumps(rows[-1]), flush=True)
             out.write_text(json.dumps(dict(steps=args.steps, config=str(CONFIG.relative_to(REPO)), rows=rows), indent=2))
