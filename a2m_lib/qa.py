@@ -9,7 +9,8 @@ Checks per clip:
 - length: at least qa.min_frames frames;
 - copies: a clip whose middle 2 s of audio is found in another clip of the same speaker, waveform for waveform
   (the same recording published twice, re-encoded, cropped or re-timed), fails, naming the clip it copies
-  (column duplicate_of). Candidates are found by the loudness envelope, then the waveforms compared.
+  (column duplicate_of). a2m_lib.copies finds candidates in an index of spectral landmarks (linear in the
+  clip count), then compares their waveforms.
 
 How the offset is measured, per clip (a 3-6 s clip must stand on its own; the code is in a2m_lib.sync):
 1. **A sync model learned from the store itself** (self-supervised, as SyncNet is trained, but linear and
@@ -60,16 +61,8 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from . import files, media, regions, store, sync
+from . import copies, files, regions, store, sync
 from .config import QAConfig
-
-# Copies of one recording (the same clip published twice, a re-encode, a different crop) would put a training
-# clip among the held-out ones. A clip whose middle PROBE_SECONDS of audio are found in an earlier clip of the same
-# speaker, waveform for waveform, is a copy: QA fails it, naming the clip it copies.
-PROBE_SECONDS = 2.0              # the middle of each clip that is looked for in the others
-DUPLICATE_MIN_CORRELATION = 0.9  # correlation of the waveforms: copies 0.93-1.00, other speech below 0.25
-ENVELOPE_RATE = 100              # Hz: the loudness envelope that picks candidate pairs before the waveforms are compared
-ENVELOPE_MIN_CORRELATION = 0.85  # of the envelopes: copies 0.94-0.98; 0.6% of the pairs of different real clips
 
 QA_COLUMNS = ["clip_id", "speaker", "language", "n_frames", "expected_frames", "frame_diff", "av_offset_frames",
               "av_confidence", "face_missing_frac", "jitter", "status", "use", "reason", "audio_shift_frames",
@@ -201,19 +194,18 @@ def check_store(processed: str | Path, cfg: QAConfig, sample_rate: int = 16000, 
         return sync.pool([(clip_scores[c], rows[c]["n_frames"]) for c in members[source]])
 
     initial = {source: sync.peak(pooled(source))[0] for source in members}  # the store model's first alignment
-    features, rates, envelopes = {}, [], {}
+    features, rates, prints = {}, [], {}
     for clip_id in tqdm(rows, desc="sync features", leave=False, disable=not progress):
         clip = store.load_clip(processed, clip_id, keys=("audio", "mesh"))
-        n_envelope = len(clip["audio"]) * ENVELOPE_RATE // sample_rate
-        envelopes[clip_id] = media.frame_energy(clip["audio"], sample_rate, ENVELOPE_RATE, n_envelope)
+        prints[clip_id] = copies.fingerprint(clip["audio"], sample_rate)
         if clip_id in clip_scores:
             features[clip_id] = sync.sync_features(clip, sample_rate)
             rates.append(float(clip["meta"]["fps"]))
     by_speaker: dict[str, list[str]] = {}
     for clip_id, row in rows.items():
         by_speaker.setdefault(row["speaker"], []).append(clip_id)
-    copies = duplicate_audio(envelopes, list(by_speaker.values()),
-                             lambda clip_id: store.load_clip(processed, clip_id, keys=("audio",))["audio"], sample_rate)
+    copied = copies.find_copies(prints, list(by_speaker.values()),
+                                lambda clip_id: store.load_clip(processed, clip_id, keys=("audio",))["audio"], sample_rate)
     min_frames = sync.SYNC_MIN_TRAINING_SECONDS * float(np.median(rates or [30.0]))
     for clip_id, scores in sync.store_sync_scores(features, members, initial, min_frames).items():
         if scores is not None:
@@ -230,7 +222,7 @@ def check_store(processed: str | Path, cfg: QAConfig, sample_rate: int = 16000, 
         row = dict(row, clip_offset_frames=offset, clip_confidence=round(confidence, 4),
                    source_offset_frames=source_offset, source_confidence=round(source_confidence, 4),
                    source_clips=count, sync_method=methods.get(clip_id, "none"),
-                   duplicate_of=copies.get(clip_id, ("", 0.0))[0], duplicate_correlation=copies.get(clip_id, ("", 0.0))[1])
+                   duplicate_of=copied.get(clip_id, ("", 0.0))[0], duplicate_correlation=copied.get(clip_id, ("", 0.0))[1])
         table_rows.append(judge(row, cfg))
     table = pd.DataFrame(table_rows, columns=QA_COLUMNS)
     table_path = store.qa_table_path(run_dir)
@@ -238,77 +230,6 @@ def check_store(processed: str | Path, cfg: QAConfig, sample_rate: int = 16000, 
         table.to_csv(tmp, index=False)
     return QAReport(table=table, processed=processed, table_path=table_path, measured_clips=fresh,
                     lag_scores=clip_scores)
-
-
-def _sliding_correlation(probe: np.ndarray, signals: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Pearson correlation of a standardised probe (P,) with every window of each row of signals (N, L),
-    zero-padded beyond `lengths`: the best |r| per row, (N,). By FFT, one transform for all rows: scipy's
-    correlate works on one pair at a time."""
-    size = 1 << int(np.ceil(np.log2(signals.shape[1] + len(probe))))
-    products = np.fft.irfft(np.fft.rfft(signals, size) * np.conj(np.fft.rfft(probe, size)), size)
-    windows = signals.shape[1] - len(probe) + 1
-
-    def window_sums(values):  # sum over every window of len(probe), (N, windows)
-        total = np.cumsum(np.pad(values, ((0, 0), (1, 0))), axis=1)
-        return total[:, len(probe):len(probe) + windows] - total[:, :windows]
-
-    # each window minus its own mean: the probe sums to zero, so only the norm needs it
-    norms = np.sqrt(np.maximum(window_sums(signals ** 2) - window_sums(signals) ** 2 / len(probe), 1e-12))
-    correlation = np.abs(products[:, :windows]) / norms / np.linalg.norm(probe)
-    correlation[np.arange(windows)[None] > (lengths - len(probe))[:, None]] = 0.0  # windows past a row's end
-    return correlation.max(axis=1)
-
-
-def _probe(signal: np.ndarray, rate: int) -> np.ndarray | None:
-    """The middle PROBE_SECONDS of a signal, standardised; None when it is shorter than that, or silent."""
-    size = int(PROBE_SECONDS * rate)
-    if len(signal) < size:
-        return None
-    middle = signal[(len(signal) - size) // 2:][:size]
-    middle = middle - middle.mean()
-    return middle / np.linalg.norm(middle) if np.linalg.norm(middle) > 1e-6 else None
-
-
-def duplicate_audio(envelopes: dict[str, np.ndarray], groups: list[list[str]], load_audio, sample_rate: int
-                    ) -> dict[str, tuple[str, float]]:
-    """Copies of one recording among clips: clip_id -> (the clip it copies, correlation). Within each group (a
-    speaker's clips), the middle PROBE_SECONDS of each clip is looked for in the others' loudness envelopes
-    (media.frame_energy at ENVELOPE_RATE); the
-    candidate pairs are then compared waveform for waveform (`load_audio(clip_id)`, at sample_rate: a lower
-    rate loses copies whose samples sit half a sample apart), either clip's middle in the other."""
-    from functools import lru_cache
-
-    load = lru_cache(maxsize=32)(lambda clip_id: load_audio(clip_id).astype(np.float64))
-
-    def padded(rows: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        lengths = np.array([len(r) for r in rows])
-        out = np.zeros((len(rows), max(lengths.max(), 1)))
-        for i, r in enumerate(rows):
-            out[i, : len(r)] = r
-        return out, lengths
-
-    copies: dict[str, tuple[str, float]] = {}
-    for clips in groups:
-        clips = sorted(clips)
-        if len(clips) < 2:
-            continue
-        rows, lengths = padded([envelopes[c] for c in clips])
-        candidates = set()
-        for i in range(len(clips)):
-            probe = _probe(rows[i, : lengths[i]], ENVELOPE_RATE)
-            if probe is not None:
-                best = _sliding_correlation(probe, rows, lengths)
-                candidates |= {(min(i, j), max(i, j)) for j in np.flatnonzero(best >= ENVELOPE_MIN_CORRELATION) if j != i}
-        for first, later in sorted(candidates):
-            if clips[later] in copies:
-                continue
-            waves = [load(clips[first]), load(clips[later])]
-            scores = [_sliding_correlation(probe, *padded([other]))[0]
-                      for probe, other in ((_probe(waves[1], sample_rate), waves[0]), (_probe(waves[0], sample_rate), waves[1]))
-                      if probe is not None and len(other) >= len(probe)]
-            if scores and max(scores) >= DUPLICATE_MIN_CORRELATION:
-                copies[clips[later]] = (clips[first], round(float(max(scores)), 3))
-    return copies
 
 
 def lag_trace(report: QAReport, clip_id: str, sample_rate: int = 16000) -> dict:
