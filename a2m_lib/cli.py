@@ -128,6 +128,14 @@ def cmd_extract(args) -> int:
     return 0
 
 
+def cmd_merge(args) -> int:
+    from . import store
+
+    manifest = store.merge_stores(args.shards, args.out)
+    print(f"{args.out}: {len(manifest)} clips from {manifest.source.nunique()} sources, merged from {len(args.shards)} shard(s)")
+    return 0
+
+
 def cmd_qa(args) -> int:
     from . import qa
 
@@ -218,6 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--workers", type=int, default=None, help="processes (default: extract.workers, 0: one per CPU)")
     extract.add_argument("--shard", type=_shard, default=(0, 1), help="i/n: process every n-th source from the i-th")
     extract.set_defaults(func=cmd_extract)
+
+    merge = commands.add_parser("merge", help="shard stores of `a2m extract --shard` -> one clip store")
+    merge.add_argument("shards", nargs="+", help="the shards' --out folders")
+    merge.add_argument("--out", required=True, help="the merged clip store, e.g. data/processed/NAME")
+    merge.set_defaults(func=cmd_merge)
 
     qa = with_params(commands.add_parser("qa", help="alignment QA of a clip store -> RUN_DIR/qa.csv"))
     qa.add_argument("processed")

@@ -106,6 +106,34 @@ def write_manifest(processed: str | Path, sources: set[str] | None = None):
     return manifest
 
 
+def merge_stores(shards: list[str | Path], processed: str | Path):
+    """Copy the clips and source records of shard stores (`a2m extract --shard i/n --out SHARD`, e.g. one per task
+    of a cluster job array) into one store, and rebuild its manifest. A file present in two shards must be the
+    same bytes (the same source extracted twice with the same settings); anything else stops with both paths."""
+    import filecmp
+    import shutil
+
+    processed = Path(processed)
+    for shard in map(Path, shards):
+        if not (shard / "sources").is_dir():
+            raise FileNotFoundError(f"{shard} is not a clip store (no sources/ folder); give the --out folders of "
+                                    f"`a2m extract --shard`")
+        for folder in ("clips", "sources"):
+            for path in sorted((shard / folder).glob("*")):
+                if files.is_part(path):
+                    continue  # an unfinished write: that source was not finished in this shard
+                target = processed / folder / path.name
+                if target.exists():
+                    if not filecmp.cmp(path, target, shallow=False):
+                        raise ValueError(f"{path} and {target} differ: two shards extracted one source with different "
+                                         f"settings; extract that source again, or merge into an empty store")
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with files.atomic_path(target) as tmp:
+                    shutil.copyfile(path, tmp)
+    return write_manifest(processed)
+
+
 def read_manifest(processed: str | Path):
     import pandas as pd
 
