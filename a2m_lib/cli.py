@@ -129,9 +129,11 @@ def cmd_extract(args) -> int:
 
 
 def cmd_merge(args) -> int:
-    from . import store
+    from . import faces, store
 
-    manifest = store.merge_stores(args.shards, args.out)
+    store.merge_stores(args.shards, args.out)
+    faces.judge_store(args.out)  # a shard's clips with two faces are judged again by the whole store's sync model
+    manifest = store.write_manifest(args.out)
     print(f"{args.out}: {len(manifest)} clips from {manifest.source.nunique()} sources, merged from {len(args.shards)} shard(s)")
     return 0
 

@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import faults, files, media, mesh, store, sync
+from . import faces, faults, files, media, mesh, store
 from . import workers as pool
 from .config import DataConfig, ExtractConfig
 
@@ -235,21 +235,10 @@ def pose_reference(cfg: ExtractConfig, n_points: int) -> np.ndarray:
     return mesh.reference_mesh()[:n_points]
 
 
-def _save_clip(out_dir: Path, clip_id: str, row: dict, landmarks: np.ndarray, found: np.ndarray,
-               interpolated: np.ndarray, n_faces: np.ndarray, audio: np.ndarray, reference: np.ndarray,
+def _save_clip(out_dir: Path, clip_id: str, row: dict, face: dict, n_faces: np.ndarray, audio: np.ndarray,
                extras: dict) -> None:
-    n_frames = len(found)
-    usable = found | interpolated
-    meshes = np.full_like(landmarks, np.nan)
-    scales = np.full(n_frames, np.nan, np.float32)
-    rotations = np.full((n_frames, 3, 3), np.nan, np.float32)
-    translations = np.full((n_frames, 3), np.nan, np.float32)
-    if usable.any():
-        meshes[usable], scales[usable], rotations[usable], translations[usable] = mesh.remove_pose_batch(
-            landmarks[usable], reference)
-    store.save_clip(out_dir, clip_id, dict(
-        mesh=meshes, landmarks_image=landmarks, face_found=found, interpolated=interpolated, n_faces=n_faces,
-        pose_scale=scales, pose_rotation=rotations, pose_translation=translations, audio=audio, **extras), row)
+    """face: faces.face_arrays of the face kept, and with a second candidate face, its arrays as other_<key>."""
+    store.save_clip(out_dir, clip_id, dict(face, n_faces=n_faces, audio=audio, **extras), row)
 
 
 def checked_audio(path: Path, data_cfg: DataConfig) -> np.ndarray:
@@ -382,28 +371,6 @@ def extract_sequence(jobs: Iterable[Job]) -> Iterator[list[dict]]:
                 frames.close()
 
 
-SPEAKER_MIN_PRESENCE = 0.9  # a second face is a candidate in a clip when it is seen on this share of its frames
-SPEAKER_MIN_MARGIN = 0.05  # ... and is kept when its sync score beats the first face's by this much
-
-
-def choose_speaker(first: np.ndarray, second: np.ndarray, audio: np.ndarray, sample_rate: int, fps: float,
-                   reference: np.ndarray) -> tuple[bool, float, float]:
-    """Which of two faces of a clip speaks: (keep the second, its sync score, the first's).
-
-    A face's sync score is the best score over all lags of a2m_lib.sync's per-clip regression (mean R^2 of
-    its mouth distances predicted from the audio): a speaking mouth follows the audio, a listening one
-    does not. The second face wins only by SPEAKER_MIN_MARGIN; with weaker evidence the first (the largest,
-    most central, followed from frame to frame) stays.
-    """
-    scores = []
-    for landmarks in (first, second):
-        seen = np.isfinite(landmarks[:, 0, 0])
-        meshes = np.full_like(landmarks, np.nan)
-        meshes[seen] = mesh.remove_pose_batch(landmarks[seen], reference)[0]
-        scores.append(float(sync.clip_lag_scores(meshes, audio, sample_rate, fps).max()))
-    return scores[1] - scores[0] >= SPEAKER_MIN_MARGIN, scores[1], scores[0]
-
-
 def _clips_from_tracks(job: Job, source_hash: str, audio: np.ndarray, tracks: tuple, decode_errors: int) -> list[dict]:
     source, data_cfg, extract_cfg = job.source, job.data_cfg, job.extract_cfg
     landmarks, found, n_faces, extras, second_face = tracks
@@ -424,22 +391,19 @@ def _clips_from_tracks(job: Job, source_hash: str, audio: np.ndarray, tracks: tu
         else:
             piece_audio = audio[int(round(start * samples_per_frame)): int(round(end * samples_per_frame))]
         piece, piece_found = landmarks[start:end], found[start:end]
-        face, why = dict(face_choice="one face", face_sync_score=np.nan, other_face_sync_score=np.nan), ""
+        face, why, other_face = dict(face_choice="one face", face_sync_score=np.nan, other_face_sync_score=np.nan), "", {}
         if n_faces[start:end].max() > 1:
             other = second_face[start:end] if second_face is not None else None
             presence = np.isfinite(other[:, 0, 0]).mean() if other is not None else 0.0
-            if presence >= SPEAKER_MIN_PRESENCE and piece_found.mean() >= SPEAKER_MIN_PRESENCE:
-                use_second, other_score, first_score = choose_speaker(piece, other, piece_audio, data_cfg.sample_rate,
-                                                                      fps, reference)
+            if presence >= faces.SPEAKER_MIN_PRESENCE and piece_found.mean() >= faces.SPEAKER_MIN_PRESENCE:
+                use_second, face, why = faces.choose_in_clip(piece, other, piece_audio, data_cfg.sample_rate, fps,
+                                                             reference)
+                other_found = np.isfinite(other[:, 0, 0])
                 if use_second:
-                    piece, piece_found = other, np.isfinite(other[:, 0, 0])
-                    first_score, other_score = other_score, first_score
-                speaks = use_second or first_score - other_score >= SPEAKER_MIN_MARGIN
-                face = dict(face_choice="speaker" if speaks else "largest", face_sync_score=round(first_score, 4),
-                            other_face_sync_score=round(other_score, 4))
-                why = ("its mouth follows the audio" if speaks else
-                       "the largest, most central: neither mouth follows the audio clearly better")
-                why += f" (sync {first_score:.2f} vs {other_score:.2f})"
+                    piece, piece_found, other, other_found = other, other_found, piece, piece_found
+                other_landmarks, other_interpolated = _interpolate_gaps(other, other_found)
+                other_face = {f"other_{key}": value for key, value in
+                              faces.face_arrays(other_landmarks, other_found, other_interpolated, reference).items()}
             else:
                 face["face_choice"] = "largest"
                 why = "the largest, most central (the second face is not on screen long enough to compare)"
@@ -447,16 +411,15 @@ def _clips_from_tracks(job: Job, source_hash: str, audio: np.ndarray, tracks: tu
         row = dict(common, clip_id=clip_id, start=round(start / fps, 4), end=round(end / fps, 4), n_frames=end - start,
                    audio_seconds=round(len(piece_audio) / data_cfg.sample_rate, 6), status="ok", reason="",
                    interpolated_frames=int(interpolated.sum()), multi_face_frames=int((n_faces[start:end] > 1).sum()),
-                   face_centre=_centre(piece_landmarks), **face)
-        notes = [f"{row['multi_face_frames']} frames showed several faces; kept the face at {row['face_centre']} px, "
-                 f"{why}"] if why else []
+                   face_centre=faces.centre(piece_landmarks), **face)
+        notes = [faces.note(row, why)] if why else []
         if decode_errors:
             notes.append(f"the source has {decode_errors} damaged video packets, skipped (the frame before "
                          "them stands in for theirs)")
         row["reason"] = "; ".join(notes)
         piece_extras = {key: value if key == "blendshape_names" else value[start:end] for key, value in extras.items()}
-        _save_clip(job.out_dir, clip_id, row, piece_landmarks, piece_found, interpolated, n_faces[start:end],
-                   piece_audio, reference, piece_extras)
+        _save_clip(job.out_dir, clip_id, row, {**faces.face_arrays(piece_landmarks, piece_found, interpolated, reference),
+                                               **other_face}, n_faces[start:end], piece_audio, piece_extras)
         rows.append(row)
     for start, end, reason in skipped:
         rows.append(dict(common, clip_id="", start=round(start / fps, 4), end=round(end / fps, 4), n_frames=end - start,
@@ -464,15 +427,6 @@ def _clips_from_tracks(job: Job, source_hash: str, audio: np.ndarray, tracks: tu
     if not clips:
         raise ExtractionError("no clip long enough: " + "; ".join(reason for *_, reason in skipped))
     return rows
-
-
-def _centre(landmarks: np.ndarray) -> str:
-    """Where a face is: the median centre of its landmarks over the frames, "x,y" in source pixels."""
-    seen = np.isfinite(landmarks[:, 0, 0])
-    if not seen.any():
-        return ""
-    x, y = np.median(landmarks[seen, :, :2].mean(axis=1), axis=0)
-    return f"{x:.0f},{y:.0f}"
 
 
 def _failure_row(job: Job, source_hash: str, reason: str) -> dict:
@@ -529,6 +483,9 @@ def extract_store(raw_dir: str | Path, out_dir: str | Path, data_cfg: DataConfig
                 job_key=lambda job: str(job.source["path"]), log_dir=log_dir)
         bar.close()
     pool.forward_native_log(native_log)
+    manifest = store.write_manifest(out_dir, {s["source_key"] for s in found})
+    if faces.judge_store(out_dir, data_cfg.sample_rate):  # the store's sync model changed a face kept
+        print(f"{out_dir}: the store's sync model chose the other face in some clips (manifest column face_judge)")
     manifest = store.write_manifest(out_dir, {s["source_key"] for s in found})
     if unfinished:
         paths = [str(job.source["path"]) for job in unfinished]

@@ -157,7 +157,7 @@ def _measurements_path(processed: Path, sample_rate: int) -> Path:
 
 def measure_store(processed: str | Path, sample_rate: int = 16000, progress: bool = True) -> tuple[list, int]:
     """measure_clip for every extracted clip, reusing the store's cached measurements where the clip is
-    unchanged (same source hash and extraction settings). Returns ([(row, scores)], clips measured now)."""
+    unchanged (same source hash, extraction settings and face). Returns ([(row, scores)], clips measured now)."""
     processed = Path(processed)
     manifest = store.read_manifest(processed)
     cache_path = _measurements_path(processed, sample_rate)
@@ -165,7 +165,7 @@ def measure_store(processed: str | Path, sample_rate: int = 16000, progress: boo
     measured, fresh = [], 0
     clips = manifest[manifest.status == "ok"]
     for entry in tqdm(clips.itertuples(), total=len(clips), desc="qa", leave=False, disable=not progress):
-        identity = f"{entry.source_hash}|{entry.settings}"
+        identity = f"{entry.source_hash}|{entry.settings}|{entry.face_centre}"  # a2m_lib.faces may change the face
         cached = cache.get(entry.clip_id)
         if cached is None or cached["identity"] != identity:
             row, scores = measure_clip(store.load_clip(processed, entry.clip_id), sample_rate)

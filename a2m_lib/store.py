@@ -10,7 +10,7 @@ Layout of a store (`data.processed`, e.g. data/processed/demo):
                              With several faces on screen: face_choice (one face | speaker: the face whose mouth
                              follows the audio | largest: the largest, most central, the evidence being weak),
                              face_centre ("x,y" source pixels of the face kept), face_sync_score and
-                             other_face_sync_score (a2m_lib.extract.choose_speaker)
+                             other_face_sync_score, face_judge (clip | store: which step of a2m_lib.faces decided)
     measurements/<key>.json  QA's per-clip measurements (offset scores, face coverage), cached by the settings
                              that produce them (a2m_lib.qa); decisions are not kept here but in each run
     tmp/                     landmarks of the video being tracked, spooled to disk (deleted when done)
@@ -38,13 +38,13 @@ from . import files
 
 MANIFEST_COLUMNS = ["clip_id", "speaker", "language", "source", "start", "end", "n_frames", "audio_seconds",
                     "fps", "status", "reason", "settings", "source_hash", "interpolated_frames", "multi_face_frames",
-                    "face_choice", "face_centre", "face_sync_score", "other_face_sync_score"]
+                    "face_choice", "face_centre", "face_sync_score", "other_face_sync_score", "face_judge"]
 CLIP_KEYS = {
     "mesh": "(T, 478, 3) float32 pose-free mesh in mesh units (see a2m_lib.mesh); NaN where no face",
     "landmarks_image": "(T, 478, 3) float32 MediaPipe landmarks in source pixels (z on the x scale)",
     "face_found": "(T,) bool, MediaPipe found a face in this frame",
     "interpolated": "(T,) bool, landmarks interpolated across a short detection gap",
-    "n_faces": "(T,) int, faces seen; the largest, most central one was used",
+    "n_faces": "(T,) int, faces seen",
     "repeated": "(T,) bool, the frame repeats the previous one (source frame rate below data.fps); landmarks copied",
     "pose_scale": "(T,) float32, image -> mesh: mesh = scale * R @ landmark + t",
     "pose_rotation": "(T, 3, 3) float32 R",
@@ -52,6 +52,8 @@ CLIP_KEYS = {
     "audio": "(samples,) float32 mono at sample_rate Hz, starting at the clip's first frame",
     "blendshapes": "tasks extractor only: (T, 52) float32 MediaPipe blendshape scores (names in blendshape_names)",
     "transformation_matrix": "tasks extractor only: (T, 4, 4) float32 facial transformation matrix",
+    "other_mesh": "clips with two faces (a2m_lib.faces): the face not kept, as other_<key> for each of the seven "
+                  "keys from mesh to pose_translation",
     "meta": "JSON string: the clip's manifest row",
 }
 

@@ -109,7 +109,7 @@ def _overlap(n_frames: int, lag: int) -> np.ndarray:
     return np.arange(max(0, -lag), min(n_frames, n_frames - lag))
 
 
-def _normal_equations(audio: np.ndarray, mouth: np.ndarray, lag: int) -> tuple[np.ndarray, np.ndarray, int]:
+def normal_equations(audio: np.ndarray, mouth: np.ndarray, lag: int) -> tuple[np.ndarray, np.ndarray, int]:
     frames = _overlap(len(mouth), lag)
     design = _design(audio)[frames + lag].astype(np.float64)
     return design.T @ design, design.T @ mouth[frames], len(frames)
@@ -137,7 +137,7 @@ def store_sync_scores(features: dict, by_source: dict, offsets: dict, min_frames
     for _ in range(SYNC_ITERATIONS):
         sums = {}
         for source, clip_ids in by_source.items():
-            parts = [_normal_equations(*features[c], offsets[source]) for c in clip_ids]
+            parts = [normal_equations(*features[c], offsets[source]) for c in clip_ids]
             sums[source] = tuple(sum(part[i] for part in parts) for i in range(3))
         total = tuple(sum(part[i] for part in sums.values()) for i in range(3))
         for source, clip_ids in by_source.items():

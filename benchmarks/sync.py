@@ -31,18 +31,21 @@ from a2m_lib import extract, media, qa, store, sync  # noqa: E402
 from a2m_lib.config import load_config  # noqa: E402
 from benchmarks.real_footage import SHARED, build_raw  # noqa: E402
 
-TWO_FACES = {"man": "video-retalking/face_2.mp4", "woman": "video-retalking/face_3.mp4"}
+TWO_FACES = {"man": "video-retalking/face_2.mp4", "woman": "video-retalking/face_3.mp4"}  # one listens
+# Two people who were both speaking when filmed: both mouths move, whichever voice is put under them.
+BOTH_SPEAKING = {"katie": "sadtalker/WDA_KatieHill_000.mp4", "aoc": "sadtalker/WDA_AlexandriaOcasioCortez_000.mp4"}
 
 
-def two_face_composites(raw: Path) -> dict:
+def two_face_composites(raw: Path, pair: dict = TWO_FACES) -> dict:
     """raw/two_faces/<left>_<right>_voice_<who>.mp4: two real speaking clips side by side (ffmpeg hstack, each
     scaled to 512x512) with the audio of one of them, in both orders, with either audio. Returns
     {file stem: "left" or "right", the side of the face whose audio it is}."""
-    speakers = {name: SHARED / path for name, path in TWO_FACES.items()}
+    speakers = {name: SHARED / path for name, path in pair.items()}
+    first, second = speakers
     (raw / "two_faces").mkdir(parents=True, exist_ok=True)
     truth = {}
-    for left, right in (("man", "woman"), ("woman", "man")):
-        for voice in ("man", "woman"):
+    for left, right in ((first, second), (second, first)):
+        for voice in (first, second):
             name = f"{left}_{right}_voice_{voice}"
             subprocess.run([media.ffmpeg_exe(), "-loglevel", "error", "-y", "-i", str(speakers[left]),
                             "-i", str(speakers[right]), "-i", str(speakers[voice]), "-filter_complex",
