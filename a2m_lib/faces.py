@@ -96,7 +96,6 @@ def judge_store(processed, sample_rate: int = 16000) -> int:
     candidates = clips[clips.face_choice.isin(["speaker", "largest"]).to_numpy()]
     if candidates.empty:
         return 0
-    features = {}  # clip_id -> (audio, mouth) of the one-face clips: what the model learns from
     sums: dict[str, tuple] = {}
     for row in clips.itertuples():
         if row.clip_id in set(candidates.clip_id):

@@ -275,9 +275,14 @@ def validate(model: Audio2Mesh, dataset: ClipDataset, languages: dict, device, b
     return result
 
 
+def uses_bf16(device: torch.device, precision: str) -> bool:
+    """train.precision: auto = bf16 autocast on CUDA (no loss scaling needed, unlike fp16), fp32 on the CPU, where
+    bf16 matmuls are slower on most CPUs. The weights, the optimiser and the loss stay fp32 either way."""
+    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
+
+
 def _autocast(device: torch.device, precision: str):
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(device, precision))
 
 
 # ----------------------------------------------------------------------------------- the loop
