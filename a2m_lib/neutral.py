@@ -14,6 +14,9 @@ Each neutral file holds: mesh (478, 3), speaker, clip_id, frame, chosen_by (auto
 """
 from __future__ import annotations
 
+import functools
+from collections.abc import Mapping
+
 from pathlib import Path
 
 import numpy as np
@@ -82,12 +85,32 @@ def score_frames(features: pd.DataFrame) -> pd.DataFrame:
     return scored.sort_values("score").reset_index(drop=True)
 
 
-def load_speaker_clips(processed: str | Path, accepted: pd.DataFrame) -> dict[str, dict[str, dict]]:
-    """{speaker: {clip_id: clip}} for the accepted clips."""
-    by_speaker: dict[str, dict[str, dict]] = {}
-    for row in accepted.itertuples():
-        by_speaker.setdefault(row.speaker, {})[row.clip_id] = store.load_clip(processed, row.clip_id)
-    return by_speaker
+class ClipsOnDisk(Mapping):
+    """A speaker's clips by id, read from the store when asked for, the last CACHED_CLIPS kept. Holding every clip
+    of an hour of footage (1,000 clips) would take 1.3 GB in notebook 03; ranking reads each clip once anyway."""
+
+    CACHED_CLIPS = 32
+
+    def __init__(self, processed: str | Path, clip_ids: list[str]):
+        self.clip_ids = list(clip_ids)
+        self._known = set(self.clip_ids)
+        self._load = functools.lru_cache(maxsize=self.CACHED_CLIPS)(lambda clip_id: store.load_clip(processed, clip_id))
+
+    def __getitem__(self, clip_id: str) -> dict:
+        if clip_id not in self._known:
+            raise KeyError(clip_id)
+        return self._load(clip_id)
+
+    def __iter__(self):
+        return iter(self.clip_ids)
+
+    def __len__(self) -> int:
+        return len(self.clip_ids)
+
+
+def load_speaker_clips(processed: str | Path, accepted: pd.DataFrame) -> dict[str, ClipsOnDisk]:
+    """{speaker: {clip_id: clip}} for the accepted clips, each speaker's read lazily (ClipsOnDisk)."""
+    return {speaker: ClipsOnDisk(processed, group.clip_id) for speaker, group in accepted.groupby("speaker", sort=False)}
 
 
 def rank_candidates(processed: str | Path, accepted: pd.DataFrame, top_k: int | None = None,
