@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from . import rundir
 from .config import ConfigError, load_config
 
 
@@ -52,15 +53,15 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from . import evaluate, neutral, qa, store
+    from . import evaluate, neutral, qa
 
     run_dir = Path(args.run_dir)
-    cfg = load_config(run_dir / "config.yaml" if (run_dir / "config.yaml").exists() else args.config, args.param)
+    cfg = load_config(rundir.config(run_dir) if rundir.config(run_dir).exists() else args.config, args.param)
     data_run = None
     if args.data:  # another clip store: its own QA decisions and neutrals, kept inside this run
         data_run = run_dir / f"eval_{Path(args.data).name}"
         qa.check_store(args.data, cfg.qa, cfg.data.sample_rate, run_dir=data_run)
-        neutral.resolve(args.data, store.accepted_clips(data_run), "auto", data_run / "neutral")
+        neutral.resolve(args.data, rundir.accepted_clips(data_run), "auto", data_run)
     result = evaluate.evaluate(cfg, run_dir, split=args.split, checkpoint=args.checkpoint, data=args.data, data_run=data_run)
     print(evaluate.report(result.summary))
     print(f"predictions in {result.predictions}; metrics in {result.predictions.parent / 'metrics.json'}")
@@ -97,7 +98,7 @@ def cmd_demo(args) -> int:
     synth.synth_dataset(cfg.data.raw, speakers=args.speakers, clips=args.clips, seconds=(3.0, 6.0), seed=cfg.seed)
     record = runner.run(runner.REPO_ROOT / "configs" / "demo.yaml", args.run_dir, args.param)
     _print_record(record)
-    metrics_path = Path(args.run_dir) / "metrics.json"
+    metrics_path = rundir.metrics(args.run_dir)
     metrics = json.loads(metrics_path.read_text())
     model_lve, neutral_lve = metrics["model"]["lve"], metrics["baselines"]["neutral"]["lve"]
     print(f"[a2m] demo done in {time.time() - started:.0f} s. Held-out lip vertex error: model {model_lve:.3f}, "

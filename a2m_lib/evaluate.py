@@ -1,7 +1,7 @@
 """Stage 05: predictions on held-out clips first, then the field's metrics against hard baselines.
 
     result = evaluate.evaluate(cfg, run_dir)                       # split, checkpoint, device: cfg.evaluate
-    summary = evaluate.score(run_dir / "predictions", ...)          # metrics again from the files, no model
+    summary = evaluate.score(rundir.predictions(run_dir), ...)          # metrics again from the files, no model
 
 1. `predict_clips` writes RUN_DIR/predictions/<clip_id>.npz (PREDICTION_KEYS): the model's and the truth's
    absolute meshes, the reference used, fps, and the baselines' meshes, all on the clip's valid frames. Each
@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import files, metrics, store
+from . import files, metrics, rundir, store
 from .config import Config
 from .encoders import log_mel
 from .model import Audio2Mesh, load_model, resolve_device
@@ -200,13 +200,13 @@ def evaluate(cfg: Config, run_dir: str | Path, split: str | None = None, checkpo
     run_dir = Path(run_dir)
     split, checkpoint = split or cfg.evaluate.split, checkpoint or cfg.evaluate.checkpoint
     device = resolve_device(cfg.evaluate.device)
-    checkpoint_path = run_dir / "checkpoints" / f"{checkpoint}.pt"
+    checkpoint_path = rundir.checkpoint(run_dir, checkpoint)
     model = load_model(checkpoint_path, device)
-    splits_path = run_dir / "splits.csv"
+    splits_path = rundir.splits(run_dir)
     if not splits_path.exists():
         raise FileNotFoundError(f"{splits_path} does not exist; run training (notebook 04) first")
     splits = pd.read_csv(splits_path, keep_default_na=False)
-    neutrals = store.load_neutrals(run_dir / "neutral")
+    neutrals = rundir.load_neutrals(run_dir)
     training = TrainingFrames(cfg.data.processed, splits[splits.split == "train"], neutrals, model.cfg.n_vertices,
                               cfg.data.sample_rate, progress)
     if data is None:
@@ -215,15 +215,15 @@ def evaluate(cfg: Config, run_dir: str | Path, split: str | None = None, checkpo
             raise RuntimeError(f"no '{split}' clips in {splits_path}; add clips or raise data.test_fraction")
     else:
         processed, out_dir = Path(data), Path(data_run)
-        clips, split = store.accepted_clips(out_dir), f"all accepted clips of {data}"
-        neutrals = {**neutrals, **store.load_neutrals(out_dir / "neutral")}
-    predictions = out_dir / "predictions"
+        clips, split = rundir.accepted_clips(out_dir), f"all accepted clips of {data}"
+        neutrals = {**neutrals, **rundir.load_neutrals(out_dir)}
+    predictions = rundir.predictions(out_dir)
     for stale in predictions.glob("*.npz"):
         stale.unlink()
     predict_clips(model, clips, processed, neutrals, training, predictions, cfg.data.sample_rate, cfg.seed, progress)
     summary = score(predictions, split, dict(checkpoint=str(checkpoint_path), encoder=model.audio_encoder.describe(),
                                              reference=model.reference))
-    files.write_json(out_dir / "metrics.json", summary)
+    files.write_json(rundir.metrics(out_dir), summary)
     return EvalResult(summary=summary, per_clip=pd.DataFrame(summary["per_clip"]), predictions=predictions)
 
 

@@ -1,7 +1,7 @@
 """Stage 03: one neutral-expression mesh per speaker; training targets are `mesh - neutral`.
 
     ranking = neutral.rank_candidates(processed, accepted)        # scored frames, best first
-    chosen = neutral.resolve(processed, accepted, "auto", out_dir)  # writes out_dir/<speaker>.npz
+    chosen = neutral.resolve(processed, accepted, "auto", run_dir)  # writes run_dir/neutral/<speaker>.npz
 
 `neutral` (config key neutral.neutral, papermill parameter `neutral`) is one of
     auto                          the best-ranked frame per speaker
@@ -23,8 +23,8 @@ import numpy as np
 import pandas as pd
 from scipy.spatial.transform import Rotation
 
-from . import files, regions, store
-from .store import load_neutral, load_neutrals, save_neutral  # the run's neutral files live with the store's readers
+from . import files, regions, rundir, store
+from .rundir import load_neutral, save_neutral
 
 SCORE_WEIGHTS = {"mouth": 1.0, "energy": 1.0, "eyes": 0.5, "pose": 0.5, "motion": 0.5, "blendshapes": 1.0}
 
@@ -138,13 +138,13 @@ def _spread_out(ranked: pd.DataFrame, top_k: int, min_gap_frames: int = 15) -> p
     return ranked.iloc[kept]
 
 
-def resolve(processed: str | Path, accepted: pd.DataFrame, choice: str, out_dir: str | Path,
+def resolve(processed: str | Path, accepted: pd.DataFrame, choice: str, run_dir: str | Path,
             clips: dict | None = None) -> pd.DataFrame:
-    """Decide every speaker's neutral from `choice` (see module doc) and write out_dir/<speaker>.npz.
+    """Decide every speaker's neutral from `choice` (see module doc) and write the run's neutral files
+    (rundir.neutral_file), and which choice made them (rundir.neutral_choice).
 
     Speakers that `choice` does not name fall back to auto. Returns one row per speaker saying what was used.
     """
-    out_dir = Path(out_dir)
     clips = clips or load_speaker_clips(processed, accepted)
     fixed: dict[str, tuple] = {}
     choice = str(choice).strip()
@@ -166,7 +166,7 @@ def resolve(processed: str | Path, accepted: pd.DataFrame, choice: str, out_dir:
 
     rows = []
     for speaker, speaker_clips in clips.items():
-        existing = out_dir / f"{speaker}.npz"
+        existing = rundir.neutral_file(run_dir, speaker)
         saved = load_neutral(existing) if speaker not in fixed and choice == "auto" and existing.exists() else None
         if saved is not None and saved["chosen_by"] == "manual":  # a picker choice outlives re-running the notebook
             rows.append(dict(speaker=speaker, clip_id=saved["clip_id"], frame=saved["frame"], chosen_by="manual (kept)",
@@ -184,8 +184,8 @@ def resolve(processed: str | Path, accepted: pd.DataFrame, choice: str, out_dir:
                 top = ranked.iloc[0]
                 clip_id, frame, chosen_by, score = top.clip_id, int(top.frame), "auto", float(top.score)
                 neutral_mesh = speaker_clips[clip_id]["mesh"][frame]
-        path = save_neutral(out_dir / f"{speaker}.npz", neutral_mesh, speaker, clip_id, frame, chosen_by, score)
+        path = save_neutral(rundir.neutral_file(run_dir, speaker), neutral_mesh, speaker, clip_id, frame, chosen_by, score)
         rows.append(dict(speaker=speaker, clip_id=clip_id, frame=frame, chosen_by=chosen_by, score=score, path=str(path)))
     table = pd.DataFrame(rows)
-    files.write_json(out_dir / "choice.json", {"neutral": choice, "speakers": rows})
+    files.write_json(rundir.neutral_choice(run_dir), {"neutral": choice, "speakers": rows})
     return table

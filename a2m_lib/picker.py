@@ -1,10 +1,10 @@
 """The neutral picker for JupyterLab (notebook 03): ipywidgets over a2m_lib.neutral.
 
-    picker = NeutralPicker(processed, accepted, "runs/x/neutral", top_k=8)
+    picker = NeutralPicker(processed, accepted, "runs/x", top_k=8)
     picker              # displays itself in a notebook
 
 Top candidates per speaker with their frame and mesh (front and side), a scrubber over any clip (it starts
-on the first candidate's frame), and "use this frame" buttons that write out_dir/<speaker>.npz at once
+on the first candidate's frame), and "use this frame" buttons that write the run's neutral file (rundir.neutral_file) at once
 (chosen_by = manual), which neutral.resolve keeps when the notebook re-runs with `auto`.
 """
 from __future__ import annotations
@@ -15,9 +15,9 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from . import media, regions
+from . import media, regions, rundir
 from .neutral import load_speaker_clips, rank_candidates
-from .store import load_neutral, save_neutral
+from .rundir import load_neutral, save_neutral
 
 
 def preview_image(clip: dict, frame: int, size: int = 160) -> np.ndarray:
@@ -55,10 +55,10 @@ def _png(image: np.ndarray) -> bytes:
 class NeutralPicker:
     """ipywidgets picker: see the module docstring."""
 
-    def __init__(self, processed, accepted: pd.DataFrame, out_dir, top_k: int = 8, clips: dict | None = None):
+    def __init__(self, processed, accepted: pd.DataFrame, run_dir, top_k: int = 8, clips: dict | None = None):
         import ipywidgets as widgets
 
-        self.out_dir = Path(out_dir)
+        self.run_dir = Path(run_dir)
         self.clips = clips or load_speaker_clips(processed, accepted)
         self.ranking = rank_candidates(processed, accepted, top_k=top_k, clips=self.clips)
         speakers = sorted(self.clips)
@@ -116,7 +116,7 @@ class NeutralPicker:
         self.scrub_image.value = _png(preview_image(clip, min(self.slider.value, len(clip["mesh"]) - 1)))
 
     def _show_status(self) -> None:
-        path = self.out_dir / f"{self.speaker.value}.npz"
+        path = rundir.neutral_file(self.run_dir, self.speaker.value)
         if path.exists():
             saved = load_neutral(path)
             self.status.value = (f"current neutral for <b>{saved['speaker']}</b>: {saved['clip_id']}:{saved['frame']} "
@@ -130,7 +130,7 @@ class NeutralPicker:
         if not np.isfinite(frame_mesh).all():
             self.status.value = f"<span style='color:red'>{clip_id}:{frame} has no face; pick another frame</span>"
             raise ValueError(f"{clip_id}:{frame} has no face")
-        path = save_neutral(self.out_dir / f"{speaker}.npz", frame_mesh, speaker, clip_id, frame, "manual")
+        path = save_neutral(rundir.neutral_file(self.run_dir, speaker), frame_mesh, speaker, clip_id, frame, "manual")
         self._show_status()
         return path
 

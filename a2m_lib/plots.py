@@ -4,7 +4,7 @@
     plots.qa_summary(report, fps)              02: offsets and clip lengths by QA status
     plots.qa_confidence(report, threshold)     02: clip offset error against confidence; confidence by status
     plots.qa_trace(report, clip_id)            02: mouth opening against loudness, and the score of each lag
-    plots.neutrals(neutral_dir)                03: each speaker's neutral, front and side
+    plots.neutrals(run_dir)                    03: each speaker's neutral, front and side
     plots.training_curves(history)             04: train and validation L1 per epoch
     plots.evaluation_summary(result)           05: LVE of the model against the neutral baseline
     plots.evaluation_clip(result, clip_id)     05: predicted against true mouth opening for one clip
@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from . import files, media, qa, regions, store
+from . import files, media, qa, regions, rundir, store
 
 
 # ----------------------------------------------------------------------------------- 01 extraction
@@ -128,12 +128,12 @@ def qa_trace(report, clip_id: str, sample_rate: int = 16000):
 
 # ----------------------------------------------------------------------------------- 03 neutral
 
-def neutrals(neutral_dir: str | Path):
+def neutrals(run_dir: str | Path):
     """Each speaker's neutral mesh from the front and the side, titled with where it came from."""
-    paths = sorted(p for p in Path(neutral_dir).glob("*.npz") if not files.is_part(p))
+    paths = sorted(p for p in rundir.neutral_dir(run_dir).glob("*.npz") if not files.is_part(p))
     fig, axes = plt.subplots(len(paths), 2, figsize=(6, 3.2 * len(paths)), squeeze=False)
     for row, path in zip(axes, paths):
-        saved = store.load_neutral(path)
+        saved = rundir.load_neutral(path)
         shape = saved["mesh"]
         row[0].scatter(shape[:, 0], shape[:, 1], s=0.5)
         row[0].scatter(*shape[regions.LIPS][:, :2].T, s=3, color="tab:red")
@@ -268,14 +268,14 @@ def look_and_listen(result, processed: str | Path, run_dir: str | Path) -> dict[
 
     from . import render
 
-    shifts = pd.read_csv(Path(run_dir) / "splits.csv").set_index("clip_id").audio_shift_frames
+    shifts = rundir.read_splits(run_dir).set_index("clip_id").audio_shift_frames
     videos = {}
     for label, clip_id in chosen_clips(result).items():
         figure = lip_trace(result, clip_id, processed, label)
         display(figure)
         plt.close(figure)
         videos[label] = render.render_prediction_file(result.predictions / f"{clip_id}.npz", processed,
-                                                      Path(run_dir) / "renders" / f"{clip_id}.mp4", int(shifts.get(clip_id, 0)))
+                                                      rundir.renders(run_dir) / f"{clip_id}.mp4", int(shifts.get(clip_id, 0)))
         display(Video(str(videos[label]), embed=True, width=960, html_attributes="controls"))
     return videos
 
@@ -316,8 +316,8 @@ def footage_reference(run_dir: str | Path, fps: float):
         print(f"no {results}: run benchmarks/footage_curve.py for the reference curve")
         return None
     run_dir = Path(run_dir)
-    splits = pd.read_csv(run_dir / "splits.csv", keep_default_na=False)
-    frames = pd.read_csv(store.qa_table_path(run_dir), keep_default_na=False)[["clip_id", "n_frames"]]
+    splits = rundir.read_splits(run_dir)
+    frames = rundir.read_table(rundir.qa_table(run_dir), "run QA first (notebook 02)")[["clip_id", "n_frames"]]
     train = splits[splits.split == "train"].merge(frames, on="clip_id")
     minutes = float(train.groupby("speaker").n_frames.sum().median()) / fps / 60
     print(f"this run: {minutes:.1f} min of training footage for the median speaker")
@@ -329,7 +329,7 @@ def layer_mix(run_dir: str | Path, checkpoint: str = "best"):
     (model.whisper_layers: weighted); None for an encoder without a layer mix."""
     from .model import load_model
 
-    model = load_model(Path(run_dir) / "checkpoints" / f"{checkpoint}.pt")
+    model = load_model(rundir.checkpoint(run_dir, checkpoint))
     mix = getattr(model.audio_encoder, "layer_mix", lambda: None)()
     if mix is None:
         return None

@@ -19,7 +19,7 @@ import torch
 import yaml
 from transformers import Wav2Vec2Model
 
-from . import files, media, regions, store
+from . import files, media, regions, rundir, store
 from .config import config_from_dict
 from .model import Audio2Mesh, load_checkpoint, load_model
 
@@ -94,7 +94,7 @@ def prepare(run: str | Path | None, checkpoint: str | Path | None, neutral: str 
     """Model, base mesh, speaker, reference offsets and fps for `a2m predict`, from a run or a checkpoint + neutral."""
     if (run is None) == (checkpoint is None):
         raise PredictError("give either --run RUN_DIR, or --checkpoint CKPT with --neutral NEUTRAL.npz")
-    checkpoint = Path(checkpoint) if checkpoint else Path(run) / "checkpoints" / "best.pt"
+    checkpoint = Path(checkpoint) if checkpoint else rundir.checkpoint(run)
     if checkpoint.is_dir():  # a save_pretrained folder: no training config inside
         model, cfg = load_model(checkpoint, device), None
     else:  # a training checkpoint, read once: the model and the config it was trained with
@@ -109,11 +109,11 @@ def prepare(run: str | Path | None, checkpoint: str | Path | None, neutral: str 
     if speaker is not None and model.speakers and speaker not in model.speakers and model.speaker_embedding is not None:
         raise PredictError(f"unknown speaker '{speaker}' for {checkpoint}; choose one of {', '.join(model.speakers)}")
     if neutral is None:
-        neutral = Path(run) / "neutral" / f"{speaker}.npz"
+        neutral = rundir.neutral_file(run, speaker)
         if not neutral.exists():
             raise PredictError(f"{neutral} does not exist: speaker '{speaker}' has no neutral in {run}; "
                                f"choose --speaker from {', '.join(model.speakers)} or give --neutral")
-    base = store.load_neutral(neutral)["mesh"][: model.cfg.n_vertices]
+    base = rundir.load_neutral(neutral)["mesh"][: model.cfg.n_vertices]
     reference_offsets = None
     if reference:
         if cfg is None:
@@ -135,7 +135,7 @@ class ExportError(ValueError):
 def export_aniportrait(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "best") -> dict:
     """Write OUT_DIR/audio2mesh.pt (a state dict for AniPortrait's Audio2MeshModel), OUT_DIR/wav2vec2/ (the audio
     encoder's config and weights, for `model_path`), and OUT_DIR/inference_audio.yaml (their a2m_model section)."""
-    path = Path(run_dir) / "checkpoints" / f"{checkpoint}.pt"
+    path = rundir.checkpoint(run_dir, checkpoint)
     model = load_model(path)
     reasons = []
     if not isinstance(model.audio_encoder, Wav2Vec2Model):

@@ -61,7 +61,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from . import copies, files, regions, store, sync
+from . import copies, files, regions, rundir, store, sync
 from .config import QAConfig
 
 QA_COLUMNS = ["clip_id", "speaker", "language", "n_frames", "expected_frames", "frame_diff", "av_offset_frames",
@@ -225,7 +225,7 @@ def check_store(processed: str | Path, cfg: QAConfig, sample_rate: int = 16000, 
                    duplicate_of=copied.get(clip_id, ("", 0.0))[0], duplicate_correlation=copied.get(clip_id, ("", 0.0))[1])
         table_rows.append(judge(row, cfg))
     table = pd.DataFrame(table_rows, columns=QA_COLUMNS)
-    table_path = store.qa_table_path(run_dir)
+    table_path = rundir.qa_table(run_dir)
     with files.atomic_path(table_path) as tmp:
         table.to_csv(tmp, index=False)
     return QAReport(table=table, processed=processed, table_path=table_path, measured_clips=fresh,

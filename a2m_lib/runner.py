@@ -25,7 +25,7 @@ import papermill
 import yaml
 from papermill.exceptions import PapermillExecutionError
 
-from . import files, store
+from . import files, rundir
 from .config import load_config, parse_overrides
 
 REPO_ROOT = files.PROJECT_ROOT
@@ -82,7 +82,7 @@ def package_versions() -> dict[str, str]:
 def data_hashes(processed: str | Path, run_dir: Path) -> dict:
     """What the run read: the store's manifest and the run's own QA decisions (None until written)."""
     return dict(data_manifest_sha256=files.sha256(Path(processed) / "manifest.csv"),
-                qa_table_sha256=files.sha256(store.qa_table_path(run_dir)))
+                qa_table_sha256=files.sha256(rundir.qa_table(run_dir)))
 
 
 def _now() -> str:
@@ -95,8 +95,8 @@ def run(config_path: str | Path, run_dir: str | Path | None = None, overrides=No
     overrides = parse_overrides(overrides)
     cfg = load_config(config_path, overrides)  # fail here, before any notebook, on a bad key or value
     run_dir = Path(run_dir) if run_dir else files.project_path(Path("runs") / cfg.name)
-    (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
-    record_path = run_dir / "run.json"
+    rundir.notebooks(run_dir).mkdir(parents=True, exist_ok=True)
+    record_path = rundir.record(run_dir)
     record = json.loads(record_path.read_text()) if record_path.exists() and (stage_from or only) else {}
     record.update(
         config_path=str(config_path), overrides=overrides, config=cfg.to_dict(), seed=cfg.seed,
@@ -107,12 +107,12 @@ def run(config_path: str | Path, run_dir: str | Path | None = None, overrides=No
     record.setdefault("notebooks", {})
     files.write_json(record_path, record)
     # The resolved config on its own, so that `a2m run --config runs/<id>/config.yaml` repeats this run.
-    files.write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    files.write_text(rundir.config(run_dir), yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     # The kernel must be this environment's Python, also when the venv is not activated.
     os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
     parameters = dict(config_path=str(Path(config_path).resolve()), run_dir=str(run_dir.resolve()), overrides=overrides)
     for notebook in select(stage_from, only):
-        output = run_dir / "notebooks" / notebook.name
+        output = rundir.notebooks(run_dir) / notebook.name
         entry = dict(status="running", started=_now(), seconds=None, output=str(output))
         record["notebooks"][notebook.stem] = entry
         files.write_json(record_path, record)
@@ -130,10 +130,10 @@ def run(config_path: str | Path, run_dir: str | Path | None = None, overrides=No
                            f"The executed notebook, with the traceback, is {output}") from None
         entry.update(status="ok", seconds=round(time.time() - started, 2))
         record.update(data_hashes(cfg.data.processed, run_dir))
-        choice = run_dir / "neutral" / "choice.json"
+        choice = rundir.neutral_choice(run_dir)
         if choice.exists():  # which neutral each speaker got, and who chose it
             record["neutral"] = json.loads(choice.read_text())
-        summary = run_dir / "train_summary.json"
+        summary = rundir.train_summary(run_dir)
         if summary.exists():  # best epoch, encoder, and the collapse warning if any
             record["training"] = json.loads(summary.read_text())
         files.write_json(record_path, record)

@@ -19,11 +19,9 @@ A clip file (`clips/<clip_id>.npz`) holds CLIP_KEYS. Units: mesh units (the refe
 are 9.0 apart, about 1 cm, see a2m_lib.mesh), frames at `fps` from the clip's meta, audio at the store's
 `sample_rate` (16 kHz), starting at the clip's first frame.
 
-Runs never write into the store. A run's accept/reject table is `runs/<id>/qa.csv` (QA_COLUMNS of
-a2m_lib.qa); `accepted_clips(run_dir)` reads its rows marked `use`, and `load_example` turns one row into what
-training, evaluation and prediction consume: audio with the run's QA shift applied, the mesh, the mask of
-frames with a face, fps, speaker and language. A run's neutral meshes are `runs/<id>/neutral/<speaker>.npz`
-(save_neutral / load_neutral / load_neutrals; chosen by a2m_lib.neutral).
+Runs never write into the store: a run's files are a2m_lib.rundir's. `load_example` turns one row of a run's
+qa.csv into what training, evaluation and prediction consume: audio with the run's QA shift applied, the mesh,
+the mask of frames with a face, fps, speaker and language.
 """
 from __future__ import annotations
 
@@ -145,24 +143,6 @@ def read_manifest(processed: str | Path):
     return pd.read_csv(path, keep_default_na=False)
 
 
-def qa_table_path(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "qa.csv"
-
-
-def accepted_clips(run_dir: str | Path):
-    """The run's QA rows marked `use` (passed, or uncertain with qa.use_uncertain): the clip list that neutral
-    selection, training and evaluation read."""
-    import pandas as pd
-
-    path = qa_table_path(run_dir)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist; run alignment QA for this run (notebook 02, or "
-                                f"`a2m qa STORE --run-dir {run_dir}`) first")
-    table = pd.read_csv(path, keep_default_na=False)
-    used = table.use.astype(str) == "True" if "use" in table else table.status == "pass"  # older tables: no `use`
-    return table[used].reset_index(drop=True)
-
-
 def expected_frames(n_samples: int, sample_rate: int, fps: float) -> int:
     """Video frames implied by an audio length: ceil(seconds x fps) (rounded first, against float noise)."""
     return math.ceil(round(n_samples / sample_rate * fps, 6))
@@ -210,32 +190,3 @@ def load_example(processed: str | Path, clip_id: str, audio_shift_frames: int = 
     audio = shift_audio(clip["audio"], int(audio_shift_frames), sample_rate / fps) if audio else np.zeros(0, np.float32)
     return Example(clip_id=clip_id, speaker=str(meta["speaker"]), language=str(meta.get("language") or ""), fps=fps,
                    sample_rate=sample_rate, audio=audio, mesh=mesh, valid=np.isfinite(mesh).all(axis=(1, 2)))
-
-
-# ----------------------------------------------------------------------------------- a run's neutrals
-
-def save_neutral(path: str | Path, neutral_mesh: np.ndarray, speaker: str, clip_id: str, frame: int,
-                 chosen_by: str, score: float = float("nan")) -> Path:
-    """Write one speaker's neutral atomically; it carries where it came from and who chose it."""
-    path = Path(path)
-    with files.atomic_path(path) as tmp:
-        np.savez(tmp, mesh=neutral_mesh.astype(np.float32), speaker=speaker, clip_id=clip_id, frame=int(frame),
-                 chosen_by=chosen_by, score=float(score))
-    return path
-
-
-def load_neutral(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"neutral file {path} does not exist; run neutral selection (notebook 03) first")
-    with np.load(path) as data:
-        return {key: (data[key].item() if data[key].ndim == 0 else data[key]) for key in data.files}
-
-
-def load_neutrals(neutral_dir: str | Path) -> dict[str, np.ndarray]:
-    """{speaker: (478, 3) neutral mesh} from a run's neutral/ folder."""
-    neutral_dir = Path(neutral_dir)
-    found = {p.stem: load_neutral(p)["mesh"] for p in sorted(neutral_dir.glob("*.npz")) if not files.is_part(p)}
-    if not found:
-        raise FileNotFoundError(f"no neutral files in {neutral_dir}; run neutral selection (notebook 03) first")
-    return found

@@ -40,7 +40,7 @@ import torch.distributed as torch_dist
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import faults, files, regions, store
+from . import faults, files, regions, rundir
 from .config import Config
 from .dataset import ClipDataset, EpochBatches, FeatureCache, collate, speaker_statistics, split_clips
 from .model import Audio2Mesh, load_checkpoint, resolve_device
@@ -292,20 +292,20 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True) -> TrainResul
     tcfg = cfg.train
     procs = start_processes(tcfg.device)
     device = procs.device
-    checkpoints = run_dir / "checkpoints"
+    checkpoints = rundir.checkpoints(run_dir)
     checkpoints.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
     if tcfg.num_threads:
         torch.set_num_threads(tcfg.num_threads)
 
-    accepted = store.accepted_clips(run_dir)
+    accepted = rundir.accepted_clips(run_dir)
     if accepted.empty:
-        raise RuntimeError(f"no clips passed QA in {store.qa_table_path(run_dir)}; see its reason column")
+        raise RuntimeError(f"no clips passed QA in {rundir.qa_table(run_dir)}; see its reason column")
     splits = split_clips(accepted, cfg.data.val_fraction, cfg.data.test_fraction, cfg.seed, cfg.data.split_by,
                          cfg.data.train_minutes, cfg.data.fps)
     split_columns = [c for c in ("clip_id", "speaker", "language", "split", "audio_shift_frames") if c in splits]
     split = splits[split_columns].astype(str).values.tolist()
-    neutrals = store.load_neutrals(run_dir / "neutral")
+    neutrals = rundir.load_neutrals(run_dir)
     train_clips, val_clips = splits[splits.split == "train"], splits[splits.split == "val"]
     if train_clips.empty:
         raise RuntimeError("the training split is empty; add clips or lower data.val_fraction / data.test_fraction")
@@ -325,7 +325,7 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True) -> TrainResul
         raise ResumeRefused(f"{last_path} cannot be continued: changed since it was written: {problem}. To train "
                             f"afresh in this run use -p train.resume=false, or give another --run-dir")
     if procs.main:
-        with files.atomic_path(run_dir / "splits.csv") as tmp:
+        with files.atomic_path(rundir.splits(run_dir)) as tmp:
             splits[split_columns].to_csv(tmp, index=False)
 
     if cfg.model.speaker_embedding and cfg.data.split_by == "speaker":
@@ -367,7 +367,7 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True) -> TrainResul
     if procs.main:
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(run_dir / "tensorboard"))
+        writer = SummaryWriter(str(rundir.tensorboard(run_dir)))
     started = time.time()
     bar = tqdm(total=steps_per_epoch * tcfg.epochs, initial=epoch * steps_per_epoch + step_in_epoch, desc="train",
                disable=not (progress and procs.main))
@@ -441,7 +441,7 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True) -> TrainResul
     result = _summary(history, best, str(device), time.time() - started, tcfg.collapse_ratio)
     result.encoder = model.audio_encoder.describe()
     if procs.main:
-        files.write_json(run_dir / "train_summary.json", dataclasses.asdict(result) | dict(history=None))
+        files.write_json(rundir.train_summary(run_dir), dataclasses.asdict(result) | dict(history=None))
     if result.warning:
         warnings.warn(result.warning, stacklevel=2)
     return result
@@ -462,7 +462,7 @@ def _summary(history: list, best: list, device: str, seconds: float, collapse_ra
 def load_result(run_dir: str | Path) -> TrainResult:
     """The result of a finished training run, from its files (after a multi-process launch)."""
     run_dir = Path(run_dir)
-    summary = json.loads((run_dir / "train_summary.json").read_text())
+    summary = json.loads(rundir.train_summary(run_dir).read_text())
     summary["history"] = pd.read_csv(run_dir / "train_log.csv")
     return TrainResult(**summary)
 

@@ -49,12 +49,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--run", default=str(REPO / "runs" / "grid_s1-base"))
     args = parser.parse_args()
-    from a2m_lib import store
+    from a2m_lib import rundir, store
     from a2m_lib.config import load_config
 
     run = Path(args.run)
     cfg = load_config(run / "config.yaml")
-    table = pd.read_csv(store.qa_table_path(run), keep_default_na=False)
+    table = pd.read_csv(rundir.qa_table(run), keep_default_na=False)
     rows = []
     for row in table.itertuples():
         if row.status == "fail":

@@ -30,7 +30,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from a2m_lib import config, files, predict, render, store, train  # noqa: E402
+from a2m_lib import config, files, predict, render, rundir, store, train  # noqa: E402
 from a2m_lib.model import Audio2Mesh, load_model  # noqa: E402
 
 
@@ -65,7 +65,7 @@ def cache_speedup(work: Path, demo_run: Path, processed: str, epochs: int) -> li
             started = time.time()
             result = train.train(cfg, run_dir, progress=False)
             seconds = result.history.seconds.to_numpy()
-            steps = store.accepted_clips(run_dir).pipe(lambda t: len(t)) // cfg.train.batch_size or 1
+            steps = rundir.accepted_clips(run_dir).pipe(lambda t: len(t)) // cfg.train.batch_size or 1
             rows.append(dict(encoder=name, cache=cached, first_epoch_s=round(seconds[0], 1),
                              later_epoch_s=round(float(np.mean(seconds[1:])), 1) if len(seconds) > 1 else np.nan,
                              total_s=round(time.time() - started, 1), final_train_loss=round(result.history.train_loss.iloc[-1], 5)))
@@ -121,7 +121,7 @@ def prediction_speed(work: Path, demo_run: Path) -> list[dict]:
     rows = []
     for name, checkpoint in (("demo model", demo_run / "checkpoints" / "best.pt"), ("wav2vec2-base-sized", base_dir)):
         model = load_model(checkpoint)
-        base = store.load_neutral(demo_run / "neutral" / "spk0.npz")["mesh"][:468]
+        base = rundir.load_neutral(demo_run / "neutral" / "spk0.npz")["mesh"][:468]
         result = predict.predict_audio(model, wav, work / "out.npz", base, 30.0, speaker="spk0")
         started = time.time()
         subprocess.run([sys.executable, "-m", "a2m_lib.cli", "predict", str(wav), "--checkpoint", str(checkpoint),

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from a2m_lib import extract, qa, store, synth
+from a2m_lib import extract, qa, rundir, synth
 from a2m_lib.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,7 +42,7 @@ def qa_run(processed, tmp_path_factory, cfg) -> Path:
 
 @pytest.fixture(scope="session")
 def accepted(qa_run):
-    return store.accepted_clips(qa_run)
+    return rundir.accepted_clips(qa_run)
 
 
 def require_eval_media(*relative: str) -> list[Path]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from a2m_lib import store
+from a2m_lib import rundir
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -95,7 +95,7 @@ def test_clicking_a_candidate_in_jupyterlab_writes_the_neutral(jupyterlab):
             page.locator('button:has-text("use this frame")').nth(1).click()
             deadline = time.monotonic() + 90  # the kernel writes the file within a second or two; 90 s of margin
             while time.monotonic() < deadline:
-                saved = store.load_neutral(neutral_dir / "spk0.npz")
+                saved = rundir.load_neutral(neutral_dir / "spk0.npz")
                 if saved["chosen_by"] == "manual":
                     break
                 time.sleep(0.5)

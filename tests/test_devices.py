@@ -34,7 +34,7 @@ def bf16_run(processed, qa_run, accepted, tmp_path_factory):
     """One epoch of the demo recipe (small) with bf16 autocast on the CPU, as `auto` would run it on a GPU."""
     run_dir = tmp_path_factory.mktemp("bf16_run")
     shutil.copy(qa_run / "qa.csv", run_dir / "qa.csv")
-    neutral.resolve(processed, accepted, "auto", run_dir / "neutral")
+    neutral.resolve(processed, accepted, "auto", run_dir)
     cfg = load_config(REPO / "configs" / "demo.yaml", {"data.processed": str(processed), **SMALL,
                                                        "train.precision": "bf16"})
     result = train.train(cfg, run_dir, progress=False)

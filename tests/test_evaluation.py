@@ -13,7 +13,7 @@ import yaml
 from torch import nn
 from transformers import Wav2Vec2Config, Wav2Vec2Model
 
-from a2m_lib import evaluate, media, metrics, neutral, predict, regions, render, store, train
+from a2m_lib import evaluate, media, metrics, neutral, predict, regions, render, rundir, store, train
 from a2m_lib.config import ModelConfig, load_config
 from a2m_lib.model import Audio2Mesh
 
@@ -75,7 +75,7 @@ def test_scores_come_from_the_prediction_files_alone(tmp_path):
 def trained_run(processed, qa_run, accepted, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("trained")
     shutil.copy(qa_run / "qa.csv", run_dir / "qa.csv")
-    neutral.resolve(processed, accepted, "auto", run_dir / "neutral")
+    neutral.resolve(processed, accepted, "auto", run_dir)
     cfg = load_config(REPO / "configs" / "demo.yaml", {
         "data.processed": str(processed), "train.epochs": 2, "model.scratch_hidden": 32, "model.scratch_layers": 1,
         "model.scratch_conv_channels": 16, "model.latent_dim": 16})
@@ -173,4 +173,4 @@ def test_evaluate_on_another_store_from_the_command_line(trained_run, processed)
     assert "held-out" in result.stdout and "LVE model" in result.stdout
     other = run_dir / f"eval_{processed.name}"
     saved = json.loads((other / "metrics.json").read_text())
-    assert saved["n_clips"] == len(store.accepted_clips(other)) and (other / "neutral" / "spk0.npz").exists()
+    assert saved["n_clips"] == len(rundir.accepted_clips(other)) and (other / "neutral" / "spk0.npz").exists()

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from a2m_lib import config, files, model, neutral, qa, regions, runner, store, train, workers
+from a2m_lib import config, files, model, neutral, qa, regions, rundir, runner, train, workers
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = {"extract", "qa", "neutral", "train", "evaluate"}
@@ -99,19 +99,19 @@ def test_two_runs_with_other_qa_settings_keep_their_own_decisions(faulty_store_f
     second = qa.check_store(out, lenient.qa, lenient.data.sample_rate, run_dir=tmp_path / "lenient", progress=False)
     assert first.measured_clips > 0 and second.measured_clips == 0  # measurements come from the store's cache
     assert not (out / "qa.csv").exists()
-    strict_set, lenient_set = set(store.accepted_clips(tmp_path / "strict").clip_id), set(store.accepted_clips(tmp_path / "lenient").clip_id)
+    strict_set, lenient_set = set(rundir.accepted_clips(tmp_path / "strict").clip_id), set(rundir.accepted_clips(tmp_path / "lenient").clip_id)
     assert strict_set < lenient_set  # the 6-frame offset clips pass only with the lenient threshold
     trained_on = {}
     for name, run_cfg in (("strict", strict), ("lenient", lenient)):
         run_dir = tmp_path / name
         run_cfg = dataclasses.replace(run_cfg, train=dataclasses.replace(run_cfg.train, epochs=1),
                                       model=dataclasses.replace(run_cfg.model, scratch_hidden=32, latent_dim=16))
-        neutral.resolve(out, store.accepted_clips(run_dir), "auto", run_dir / "neutral")
+        neutral.resolve(out, rundir.accepted_clips(run_dir), "auto", run_dir)
         train.train(run_cfg, run_dir, progress=False)
         trained_on[name] = set(pd.read_csv(run_dir / "splits.csv").clip_id)
         assert runner.data_hashes(out, run_dir)["qa_table_sha256"] == files.sha256(run_dir / "qa.csv")
     assert trained_on["strict"] == strict_set and trained_on["lenient"] == lenient_set
-    assert store.accepted_clips(tmp_path / "strict").clip_id.tolist() == sorted(strict_set)  # untouched by the other run
+    assert rundir.accepted_clips(tmp_path / "strict").clip_id.tolist() == sorted(strict_set)  # untouched by the other run
 
 
 @pytest.fixture(scope="module")
@@ -192,7 +192,7 @@ def test_a_crafted_checkpoint_is_refused_by_every_loader_and_runs_nothing(tmp_pa
 
     cfg = config.load_config(REPO / "configs" / "demo.yaml", {"data.processed": str(processed)})
     shutil.copy(qa_run / "qa.csv", run_dir / "qa.csv")
-    neutral.resolve(processed, accepted, "auto", run_dir / "neutral")
+    neutral.resolve(processed, accepted, "auto", run_dir)
     with pytest.raises(model.UnsafeModelFileError):
         evaluate.evaluate(cfg, run_dir, progress=False)
     # resuming training

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from a2m_lib import neutral, picker, store
+from a2m_lib import neutral, picker, rundir, store
 
 
 def _truth_for(synthetic_raw, clip_id):
@@ -18,7 +18,7 @@ def test_auto_neutral_has_a_nearly_closed_jaw_for_every_speaker(processed, synth
         # Over 5% of frames have a jaw of exactly 0 (pauses), so the 5th percentile is 0. Allow 0.02 jaw
         # units (about 0.3 px of lower-lip travel): below what MediaPipe can resolve, so a tie.
         assert jaw <= max(np.quantile(jaws, 0.05), 0.02), (row.clip_id, row.frame, jaw)
-        saved = neutral.load_neutral(tmp_path / f"{row.speaker}.npz")
+        saved = rundir.load_neutral(rundir.neutral_file(tmp_path, row.speaker))
         assert saved["chosen_by"] == "auto" and saved["mesh"].shape == (478, 3)
         assert saved["clip_id"] == row.clip_id and saved["frame"] == row.frame
 
@@ -35,10 +35,10 @@ def test_manual_frame_file_and_mean_closed_choices(processed, tmp_path, accepted
     chosen = neutral.resolve(processed, accepted, f"{clip_id}:5", tmp_path / "manual").set_index("speaker")
     assert chosen.loc["spk1", "chosen_by"] == "manual" and chosen.loc["spk1", "frame"] == 5
     assert chosen.loc["spk0", "chosen_by"] == "auto"  # speakers not named fall back to auto
-    from_file = neutral.resolve(processed, accepted, str(tmp_path / "manual" / "spk1.npz"), tmp_path / "file").set_index("speaker")
+    from_file = neutral.resolve(processed, accepted, str(rundir.neutral_file(tmp_path / "manual", "spk1")), tmp_path / "file").set_index("speaker")
     assert from_file.loc["spk1", "chosen_by"] == "file"
-    np.testing.assert_array_equal(neutral.load_neutral(tmp_path / "file" / "spk1.npz")["mesh"],
-                                  neutral.load_neutral(tmp_path / "manual" / "spk1.npz")["mesh"])
+    np.testing.assert_array_equal(rundir.load_neutral(rundir.neutral_file(tmp_path / "file", "spk1"))["mesh"],
+                                  rundir.load_neutral(rundir.neutral_file(tmp_path / "manual", "spk1"))["mesh"])
     mean = neutral.resolve(processed, accepted, "mean-closed", tmp_path / "mean")
     assert (mean.chosen_by == "mean-closed").all()
     with pytest.raises(ValueError, match="not among the accepted clips"):
@@ -56,7 +56,7 @@ def test_picker_buttons_write_the_neutral_file_at_once(processed, tmp_path, acce
     chooser.speaker.value = "spk1"
     second = chooser.ranking[chooser.ranking.speaker == "spk1"].iloc[1]
     chooser.buttons[1].click()
-    saved = neutral.load_neutral(tmp_path / "spk1.npz")
+    saved = rundir.load_neutral(rundir.neutral_file(tmp_path, "spk1"))
     assert (saved["clip_id"], saved["frame"], saved["chosen_by"]) == (second.clip_id, second.frame, "manual")
     assert f"{second.clip_id}:{second.frame}" in chooser.status.value
     # the scrubber: any clip, any frame
@@ -64,7 +64,7 @@ def test_picker_buttons_write_the_neutral_file_at_once(processed, tmp_path, acce
     chooser.slider.value = 7
     assert chooser.scrub_image.value[:4] == b"\x89PNG"
     chooser.scrub_button.click()
-    saved = neutral.load_neutral(tmp_path / "spk1.npz")
+    saved = rundir.load_neutral(rundir.neutral_file(tmp_path, "spk1"))
     assert (saved["clip_id"], saved["frame"]) == (chooser.clip.options[-1], 7)
     # re-opening shows the saved choice, and re-running the notebook with auto keeps it
     reopened = picker.NeutralPicker(processed, accepted, tmp_path, top_k=3)
@@ -72,14 +72,14 @@ def test_picker_buttons_write_the_neutral_file_at_once(processed, tmp_path, acce
     assert f"{chooser.clip.options[-1]}:7" in reopened.status.value and "manual" in reopened.status.value
     table = neutral.resolve(processed, accepted, "auto", tmp_path).set_index("speaker")
     assert table.loc["spk1", "chosen_by"] == "manual (kept)" and table.loc["spk0", "chosen_by"] == "auto"
-    assert neutral.load_neutral(tmp_path / "spk1.npz")["frame"] == 7
+    assert rundir.load_neutral(rundir.neutral_file(tmp_path, "spk1"))["frame"] == 7
 
 
 def test_training_targets_subtract_each_speakers_own_neutral(processed, tmp_path, accepted):
     from a2m_lib.dataset import ClipDataset
 
     neutral.resolve(processed, accepted, "auto", tmp_path)
-    neutrals = neutral.load_neutrals(tmp_path)
+    neutrals = rundir.load_neutrals(tmp_path)
     assert not np.allclose(neutrals["spk0"], neutrals["spk1"])
     dataset = ClipDataset(processed, accepted, neutrals, 468, 16000)  # whole clips only
     for index, row in enumerate(accepted.itertuples()):

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from a2m_lib import neutral, store, train
+from a2m_lib import neutral, train
 from a2m_lib.config import load_config
 from a2m_lib.model import load_checkpoint, load_model
 
@@ -30,7 +30,7 @@ def _prepared_run(run_dir: Path, processed, qa_run, accepted) -> Path:
     """A run folder with the QA decisions and neutrals that notebooks 02 and 03 would leave."""
     run_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy(qa_run / "qa.csv", run_dir / "qa.csv")
-    neutral.resolve(processed, accepted, "auto", run_dir / "neutral")
+    neutral.resolve(processed, accepted, "auto", run_dir)
     return run_dir
 
 

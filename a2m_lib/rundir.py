@@ -1,0 +1,135 @@
+"""A run folder, runs/<id>/: the one module that names its files. Every decision that depends on a run's settings
+lives here, never in the clip store (a2m_lib.store).
+
+    runs/<id>/
+        config.yaml          the resolved config, written once when the run starts: what every stage reads
+        run.json             the record: config, commit, packages, each notebook's status and time (a2m_lib.runner)
+        notebooks/           the executed notebooks
+        qa.csv               QA's decisions (a2m_lib.qa); `accepted_clips` reads the rows marked `use`
+        neutral/<speaker>.npz, neutral/choice.json      the neutrals (a2m_lib.neutral, a2m_lib.picker)
+        splits.csv           train | val | test | unused per clip (a2m_lib.train)
+        checkpoints/{last,best}.pt, train_summary.json, tensorboard/
+        predictions/<clip>.npz, metrics.json, renders/  (a2m_lib.evaluate)
+
+    table = rundir.accepted_clips(run_dir)
+    neutrals = rundir.load_neutrals(run_dir)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from . import files
+
+
+def config(run_dir) -> Path:
+    return Path(run_dir) / "config.yaml"
+
+
+def record(run_dir) -> Path:
+    return Path(run_dir) / "run.json"
+
+
+def notebooks(run_dir) -> Path:
+    return Path(run_dir) / "notebooks"
+
+
+def qa_table(run_dir) -> Path:
+    return Path(run_dir) / "qa.csv"
+
+
+def neutral_dir(run_dir) -> Path:
+    return Path(run_dir) / "neutral"
+
+
+def neutral_file(run_dir, speaker: str) -> Path:
+    return neutral_dir(run_dir) / f"{speaker}.npz"
+
+
+def neutral_choice(run_dir) -> Path:
+    return neutral_dir(run_dir) / "choice.json"
+
+
+def splits(run_dir) -> Path:
+    return Path(run_dir) / "splits.csv"
+
+
+def checkpoints(run_dir) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def checkpoint(run_dir, name: str = "best") -> Path:
+    """checkpoints/<name>.pt: `best` (lowest validation loss) or `last` (what a resumed run continues from)."""
+    return checkpoints(run_dir) / f"{name}.pt"
+
+
+def train_summary(run_dir) -> Path:
+    return Path(run_dir) / "train_summary.json"
+
+
+def tensorboard(run_dir) -> Path:
+    return Path(run_dir) / "tensorboard"
+
+
+def predictions(run_dir) -> Path:
+    return Path(run_dir) / "predictions"
+
+
+def metrics(run_dir) -> Path:
+    return Path(run_dir) / "metrics.json"
+
+
+def renders(run_dir) -> Path:
+    return Path(run_dir) / "renders"
+
+
+def read_table(path: Path, advice: str):
+    """A CSV of the run, or a FileNotFoundError naming it and the step that writes it."""
+    import pandas as pd  # imported where used: extraction workers start faster without pandas
+
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; {advice}")
+    return pd.read_csv(path, keep_default_na=False)
+
+
+def accepted_clips(run_dir):
+    """The run's QA rows marked `use` (passed, or uncertain with qa.use_uncertain): the clip list that neutral
+    selection, training and evaluation read."""
+    table = read_table(qa_table(run_dir), f"run alignment QA for this run (notebook 02, or `a2m qa STORE --run-dir "
+                                          f"{run_dir}`) first")
+    used = table.use.astype(str) == "True" if "use" in table else table.status == "pass"  # older tables: no `use`
+    return table[used].reset_index(drop=True)
+
+
+def read_splits(run_dir):
+    return read_table(splits(run_dir), "train this run first (notebook 04): training writes the split")
+
+
+# ----------------------------------------------------------------------------------- the neutrals
+
+def save_neutral(path: str | Path, neutral_mesh: np.ndarray, speaker: str, clip_id: str, frame: int,
+                 chosen_by: str, score: float = float("nan")) -> Path:
+    """Write one speaker's neutral atomically; it carries where it came from and who chose it."""
+    path = Path(path)
+    with files.atomic_path(path) as tmp:
+        np.savez(tmp, mesh=neutral_mesh.astype(np.float32), speaker=speaker, clip_id=clip_id, frame=int(frame),
+                 chosen_by=chosen_by, score=float(score))
+    return path
+
+
+def load_neutral(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"neutral file {path} does not exist; run neutral selection (notebook 03) first")
+    with np.load(path) as data:
+        return {key: (data[key].item() if data[key].ndim == 0 else data[key]) for key in data.files}
+
+
+def load_neutrals(run_dir) -> dict[str, np.ndarray]:
+    """{speaker: (478, 3) neutral mesh} from the run's neutral/ folder."""
+    folder = neutral_dir(run_dir)
+    found = {p.stem: load_neutral(p)["mesh"] for p in sorted(folder.glob("*.npz")) if not files.is_part(p)}
+    if not found:
+        raise FileNotFoundError(f"no neutral files in {folder}; run neutral selection (notebook 03) first")
+    return found
