@@ -1,6 +1,12 @@
 """The one typed configuration of a run: dataclasses loaded from YAML, with dotted overrides.
 
     cfg = load_config("configs/demo.yaml", ["train.lr=1e-4", "data.raw=/videos"])
+    cfg = run_config("runs/demo")      # what every stage of a run reads: runs/demo/config.yaml
+
+The hand-off: a run's config is resolved once, when the run starts (`a2m run` with its overrides, or a notebook
+opened by hand in a run folder that has none yet), and written to the run folder (a2m_lib.rundir.config). Every
+stage, the notebooks, `a2m train` under torchrun and evaluation, reads that file; nothing parses the original
+YAML and its overrides again.
 
 Unknown keys and values of the wrong type raise ConfigError naming the key and the fix;
 nothing is silently ignored, and every key is read by some stage (a test checks).
@@ -293,6 +299,30 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] | Mappi
     for key, value in parse_overrides(overrides).items():
         _set_dotted(tree, key, value)
     return _build(Config, tree, "")
+
+
+def write_run_config(cfg: Config, run_dir: str | Path) -> Path:
+    """Write the run's resolved config (the hand-off every stage reads)."""
+    from . import files, rundir
+
+    return files.write_text(rundir.config(project_path(run_dir)), yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def run_config(run_dir: str | Path, start_from: str | Path | None = None,
+               overrides: Iterable[str] | Mapping[str, Any] | None = None) -> Config:
+    """The run's config: run_dir/config.yaml. A run folder without one starts here: `start_from` with `overrides`
+    is resolved and written there first (a notebook opened by hand before `a2m run`)."""
+    from . import rundir
+
+    path = rundir.config(project_path(run_dir))
+    if path.exists():
+        return load_config(path)
+    if start_from is None:
+        raise ConfigError(f"{path} does not exist: start the run with `a2m run --config CONFIG --run-dir {run_dir}`, "
+                          f"or give the config it starts from")
+    cfg = load_config(start_from, overrides)
+    write_run_config(cfg, run_dir)
+    return cfg
 
 
 def config_from_dict(tree: Mapping[str, Any]) -> Config:

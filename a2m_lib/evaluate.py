@@ -235,3 +235,21 @@ def report(summary: dict) -> str:
              f"motion_ratio {summary['model']['motion_ratio']:.2f}"]
     lines += [f"WARNING: {failure}" for failure in summary["failures"]]
     return "\n".join(lines)
+
+
+def per_speaker_table(summary: dict) -> pd.DataFrame:
+    """Notebook 05's table: per speaker, the model's LVE against the mean-offset baseline, mouth correlation and
+    motion ratio, with the clip count."""
+    return pd.DataFrame({speaker: {"clips": s["model"]["n_clips"], "model lve": s["model"]["lve"],
+                                   "mean-offset lve": s["baselines"]["mean_offset"]["lve"],
+                                   "model mouth_corr": s["model"]["mouth_corr"], "motion_ratio": s["model"]["motion_ratio"]}
+                         for speaker, s in summary["per_speaker"].items()}).T
+
+
+PER_CLIP_COLUMNS = ["clip_id", "speaker", "language", "n_frames", "model_lve", "mean_offset_lve", "nearest_audio_lve",
+                    "neutral_lve", "model_mouth_corr", "model_motion_ratio"]
+
+
+def worst_clips(per_clip: pd.DataFrame, n: int = 10) -> pd.DataFrame:
+    """The n held-out clips with the largest model LVE (all of them are in metrics.json and per_clip)."""
+    return per_clip.sort_values("model_lve", ascending=False)[PER_CLIP_COLUMNS].head(n)

@@ -23,6 +23,15 @@ from . import files, media, qa, regions, rundir, store
 
 # ----------------------------------------------------------------------------------- 01 extraction
 
+def banner(text: str):
+    """A loud warning for a notebook (a collapse, a baseline the model does not beat): an IPython HTML object."""
+    from html import escape
+
+    from IPython.display import HTML
+
+    return HTML(f"<div style='background:#fdd;padding:8px;font-weight:bold'>{escape(text)}</div>")
+
+
 def clip(processed: str | Path, clip_id: str):
     """A frame with its landmarks, the pose-free mesh from the front and the side, and the mouth over time."""
     clip = store.load_clip(processed, clip_id)

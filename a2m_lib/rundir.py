@@ -8,7 +8,7 @@ lives here, never in the clip store (a2m_lib.store).
         qa.csv               QA's decisions (a2m_lib.qa); `accepted_clips` reads the rows marked `use`
         neutral/<speaker>.npz, neutral/choice.json      the neutrals (a2m_lib.neutral, a2m_lib.picker)
         splits.csv           train | val | test | unused per clip (a2m_lib.train)
-        checkpoints/{last,best}.pt, train_summary.json, tensorboard/
+        checkpoints/{last,best}.pt, train_log.csv, train_summary.json, tensorboard/
         predictions/<clip>.npz, metrics.json, renders/  (a2m_lib.evaluate)
 
     table = rundir.accepted_clips(run_dir)
@@ -62,6 +62,10 @@ def checkpoints(run_dir) -> Path:
 def checkpoint(run_dir, name: str = "best") -> Path:
     """checkpoints/<name>.pt: `best` (lowest validation loss) or `last` (what a resumed run continues from)."""
     return checkpoints(run_dir) / f"{name}.pt"
+
+
+def train_log(run_dir) -> Path:
+    return Path(run_dir) / "train_log.csv"
 
 
 def train_summary(run_dir) -> Path:

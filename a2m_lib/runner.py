@@ -22,11 +22,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import papermill
-import yaml
 from papermill.exceptions import PapermillExecutionError
 
 from . import files, rundir
-from .config import load_config, parse_overrides
+from .config import load_config, parse_overrides, write_run_config
 
 REPO_ROOT = files.PROJECT_ROOT
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -106,11 +105,12 @@ def run(config_path: str | Path, run_dir: str | Path | None = None, overrides=No
     )
     record.setdefault("notebooks", {})
     files.write_json(record_path, record)
-    # The resolved config on its own, so that `a2m run --config runs/<id>/config.yaml` repeats this run.
-    files.write_text(rundir.config(run_dir), yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    # The hand-off: every notebook reads the resolved config from the run (config.run_config); and
+    # `a2m run --config runs/<id>/config.yaml` repeats this run.
+    write_run_config(cfg, run_dir)
     # The kernel must be this environment's Python, also when the venv is not activated.
     os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
-    parameters = dict(config_path=str(Path(config_path).resolve()), run_dir=str(run_dir.resolve()), overrides=overrides)
+    parameters = dict(run_dir=str(run_dir.resolve()))
     for notebook in select(stage_from, only):
         output = rundir.notebooks(run_dir) / notebook.name
         entry = dict(status="running", started=_now(), seconds=None, output=str(output))

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import faults, files, regions, rundir
-from .config import Config
+from .config import Config, load_config, write_run_config
 from .dataset import ClipDataset, EpochBatches, FeatureCache, collate, speaker_statistics, split_clips
 from .model import Audio2Mesh, load_checkpoint, resolve_device
 
@@ -428,7 +428,7 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True) -> TrainResul
                     best[:] = [monitored, epoch - 1]
                     save_checkpoint(best_path, model, optimiser, scheduler, progress_state, history, cfg, split)
                 save_checkpoint(last_path, model, optimiser, scheduler, progress_state, history, cfg, split)
-                with files.atomic_path(run_dir / "train_log.csv") as tmp:
+                with files.atomic_path(rundir.train_log(run_dir)) as tmp:
                     pd.DataFrame(history).to_csv(tmp, index=False)
                 for key, value in row.items():
                     if key != "epoch" and isinstance(value, float) and math.isfinite(value):
@@ -463,23 +463,28 @@ def load_result(run_dir: str | Path) -> TrainResult:
     """The result of a finished training run, from its files (after a multi-process launch)."""
     run_dir = Path(run_dir)
     summary = json.loads(rundir.train_summary(run_dir).read_text())
-    summary["history"] = pd.read_csv(run_dir / "train_log.csv")
+    summary["history"] = pd.read_csv(rundir.train_log(run_dir))
     return TrainResult(**summary)
 
 
-def launch(config_path: str | Path, run_dir: str | Path, overrides: dict | None, processes: int) -> TrainResult:
-    """Train in `processes` processes with torchrun (DDP) and wait; notebook 04 uses this when train.processes > 1."""
+def launch(run_dir: str | Path, processes: int) -> TrainResult:
+    """Train in `processes` processes with torchrun (DDP) and wait: each reads the run's config.yaml, no overrides."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-               "-m", "a2m_lib.cli", "train", "--config", str(config_path), "--run-dir", str(run_dir)]
-    for key, value in (overrides or {}).items():
-        command += ["-p", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]
+               "-m", "a2m_lib.cli", "train", "--config", str(rundir.config(run_dir)), "--run-dir", str(run_dir)]
     print(" ".join(command), flush=True)
     subprocess.run(command, check=True)
     return load_result(run_dir)
 
 
-def run(cfg: Config, run_dir: str | Path, config_path: str | Path, overrides: dict | None = None) -> TrainResult:
-    """What notebook 04 calls: in process on one device, or `launch` when train.processes > 1."""
+def run(cfg: Config, run_dir: str | Path) -> TrainResult:
+    """What notebook 04 calls: in process on one device, or `launch` when train.processes > 1. `cfg` is the run's
+    config (config.run_config); for several processes it must be the run's config.yaml, which they read."""
     if cfg.train.processes > 1:
-        return launch(config_path, run_dir, overrides, cfg.train.processes)
+        saved = rundir.config(run_dir)
+        if not saved.exists():
+            write_run_config(cfg, run_dir)
+        elif load_config(saved) != cfg:
+            raise ValueError(f"train.run was given a config that differs from {saved}, which torchrun's processes would "
+                             f"read; pass config.run_config({str(run_dir)!r}), or write this config there first")
+        return launch(run_dir, cfg.train.processes)
     return train(cfg, run_dir)

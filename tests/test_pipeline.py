@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -37,13 +38,34 @@ def test_all_notebooks_run_and_leave_a_record(demo_run):
         streams = "".join(o.get("text", "") for c in book.cells for o in c.get("outputs", []) if o.get("output_type") == "stream")
         assert "inference_feedback_manager" not in streams and "XNNPACK" not in streams, f"{name}: native log in the record"
         injected = [c for c in book.cells if "injected-parameters" in c.metadata.get("tags", [])]
-        assert injected and "train.epochs" in injected[0].source
+        assert injected and "run_dir" in injected[0].source and "train.epochs" not in injected[0].source
         assert any(o.get("output_type") == "display_data" for c in book.cells for o in c.get("outputs", [])), \
             f"{name} shows no plot or table"
     for fixed in ("checkpoints/last.pt", "checkpoints/best.pt", "neutral/spk0.npz", "neutral/spk1.npz", "metrics.json"):
         assert (run_dir / fixed).exists(), fixed
     from a2m_lib.config import config_from_dict, load_config
     assert load_config(run_dir / "config.yaml") == config_from_dict(saved["config"])  # the run can be repeated
+
+
+def test_every_stage_read_the_overrides_from_the_run_config(demo_run):
+    """The hand-off: `a2m run -p ...` resolves the config once into the run; papermill passes only run_dir."""
+    import pandas as pd
+
+    from a2m_lib import rundir
+    from a2m_lib.config import load_config
+    from a2m_lib.model import load_checkpoint
+
+    run_dir, _, overrides = demo_run
+    cfg = load_config(rundir.config(run_dir))
+    assert cfg.train.epochs == 40 and cfg.train.batch_size == 2 and str(cfg.data.processed).endswith("processed")
+    assert (Path(cfg.data.processed) / "manifest.csv").exists()  # 01 extracted into the overridden store ...
+    assert len(rundir.accepted_clips(run_dir))  # ... 02 and 03 read it ...
+    history = pd.read_csv(run_dir / "train_log.csv")
+    assert history.epoch.max() == 39  # ... 04 trained the overridden 40 epochs ...
+    saved = load_checkpoint(rundir.checkpoint(run_dir, "last"))
+    assert saved["config"]["train"]["batch_size"] == 2 and saved["config"]["data"]["processed"] == str(cfg.data.processed)
+    metrics = json.loads(rundir.metrics(run_dir).read_text())
+    assert metrics["n_clips"] == (rundir.read_splits(run_dir).split == "test").sum()  # ... and 05 scored that split
 
 
 def test_the_model_beats_the_baselines_and_notebook_05_shows_renders(demo_run):
