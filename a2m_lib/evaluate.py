@@ -31,9 +31,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import files, metrics, rundir, store
+from . import audio_frames, files, metrics, rundir, store
 from .config import Config
-from .encoders import log_mel
 from .model import Audio2Mesh, load_model, resolve_device
 
 BASELINES = ("neutral", "mean_offset", "nearest_audio")
@@ -74,7 +73,7 @@ class TrainingFrames:
             offsets, mels = [], []
             for row in tqdm(list(rows.itertuples()), desc=f"baselines {speaker}", leave=False, disable=not progress):
                 example = store.load_example(processed, row.clip_id, int(row.audio_shift_frames), sample_rate, n_vertices)
-                mel = _normalised_mel(example.audio, sample_rate, len(example.mesh), example.fps)
+                mel = audio_frames.standardised_log_mel(example.audio, sample_rate, len(example.mesh), example.fps)
                 offsets.append(example.mesh[example.valid] - neutrals[speaker][:n_vertices])
                 mels.append(mel[example.valid])
             self.offsets[speaker], self.mel[speaker] = np.concatenate(offsets), np.concatenate(mels)
@@ -92,15 +91,9 @@ class TrainingFrames:
         pool = [speaker] if speaker in self.mel else self.all_speakers
         bank = torch.from_numpy(np.concatenate([self.mel[s] for s in pool]))
         offsets = np.concatenate([self.offsets[s] for s in pool])
-        query = torch.from_numpy(_normalised_mel(audio, sample_rate, n_frames, fps))
+        query = torch.from_numpy(audio_frames.standardised_log_mel(audio, sample_rate, n_frames, fps))
         nearest = torch.cat([torch.cdist(chunk, bank).argmin(1) for chunk in query.split(2048)])
         return offsets[nearest.numpy()]
-
-
-def _normalised_mel(audio: np.ndarray, sample_rate: int, n_frames: int, fps: float) -> np.ndarray:
-    """Log-mel per video frame, each band standardised over the clip (loudness and channel differences removed)."""
-    mel = log_mel(audio, sample_rate, 40, n_frames, fps)
-    return ((mel - mel.mean(0)) / (mel.std(0) + 1e-5)).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------------- 1. predictions

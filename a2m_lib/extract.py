@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import faces, faults, files, media, mesh, store
+from . import audio_frames, faces, faults, files, media, mesh, store
 from . import workers as pool
 from .config import DataConfig, ExtractConfig
 
@@ -379,7 +379,7 @@ def _clips_from_tracks(job: Job, source_hash: str, audio: np.ndarray, tracks: tu
         raise ExtractionError(f"MediaPipe found no face in any of {len(found)} frames")
 
     fps, samples_per_frame = data_cfg.fps, data_cfg.sample_rate / data_cfg.fps
-    energy = media.frame_energy(audio, data_cfg.sample_rate, fps, len(found))
+    energy = audio_frames.frame_energy(audio, data_cfg.sample_rate, fps, len(found))
     clips, skipped = plan_clips(found, energy, fps, extract_cfg)
     common = dict(speaker=source["speaker"], language=source["language"], source=str(source["path"]), fps=fps,
                   settings=settings_key(data_cfg, extract_cfg), source_hash=source_hash)

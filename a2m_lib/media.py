@@ -203,22 +203,3 @@ def read_frame(path: str | Path, seconds: float) -> np.ndarray | None:
         return None if raw is None else np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3)
     finally:
         reader.close()
-
-
-def frame_energy(audio: np.ndarray, sample_rate: int, fps: float, n_frames: int) -> np.ndarray:
-    """Log RMS loudness per video frame, (n_frames,): frame t covers [t, t+1) / fps.
-
-    numpy, not librosa.feature.rms: importing librosa.feature costs about 2 s per process (numba),
-    which would dominate a worker's first clip.
-    """
-    hop = sample_rate / fps
-    starts = np.round(np.arange(n_frames) * hop).astype(int)
-    inside = starts < len(audio)
-    power = np.zeros(n_frames)
-    bounds = np.append(starts[inside], len(audio))
-    for first in range(0, int(inside.sum()), 9000):  # 5 minutes at a time: no full-length temporary
-        block = bounds[first: first + 9001]
-        squares = np.square(audio[block[0]: block[-1]], dtype=np.float32)
-        sums = np.add.reduceat(squares, block[:-1] - block[0]) if len(squares) else np.zeros(len(block) - 1)
-        power[first: first + len(block) - 1] = sums / np.maximum(np.diff(block), 1)
-    return np.log(np.sqrt(power) + 1e-5)

