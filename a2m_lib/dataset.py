@@ -169,23 +169,31 @@ def speaker_statistics(processed, clips: pd.DataFrame, neutrals: dict[str, np.nd
                        ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Per speaker, the mean offset from the neutral (V, 3) and the spread of the lips around it (RMS, mesh units).
 
-    One pass with running sums in float64 (of the offsets and of their squares): holding every training frame's
-    offsets would take 0.4 GB for an hour of one speaker, and more for each speaker."""
-    sums: dict[str, list] = {}  # speaker -> [frames, sum of offsets (V, 3), sum of squared offsets (V, 3)]
-    for row in clips.itertuples():
+    Two passes over the clips, holding running sums, not every training frame's offsets (0.4 GB for an hour of one
+    speaker): the first sums the offsets (running_sum gives exactly numpy's mean over all frames at once), the
+    second keeps only each frame's squared lip distances from that mean (L values a frame)."""
+    def offsets_of(row):
         example = store.load_example(processed, row.clip_id, n_vertices=n_vertices, audio=False)
-        offsets = (example.mesh[example.valid] - neutrals[row.speaker][:n_vertices]).astype(np.float64)
-        total = sums.setdefault(row.speaker, [0, 0.0, 0.0])
-        total[0] += len(offsets)
-        total[1] = total[1] + offsets.sum(0)
-        total[2] = total[2] + np.square(offsets).sum(0)
-    mean, scale = {}, {}
+        return example.mesh[example.valid] - neutrals[row.speaker][:n_vertices]
+
+    totals: dict[str, list] = {}  # speaker -> [sum of offsets (V, 3) float32, frames]
+    for row in clips.itertuples():
+        total = totals.setdefault(row.speaker, [None, 0])
+        offsets = offsets_of(row)
+        total[0], total[1] = running_sum(total[0], offsets), total[1] + len(offsets)
+    mean = {speaker: total / np.float32(frames) for speaker, (total, frames) in totals.items()}
     lips = regions.LIPS if n_vertices >= regions.N_LANDMARKS else slice(None)
-    for speaker, (frames, first, second) in sums.items():
-        mean[speaker] = (first / frames).astype(np.float32)
-        spread = second[lips] / frames - np.square(first[lips] / frames)  # per coordinate, around the mean
-        scale[speaker] = float(np.sqrt(max(spread.sum(-1).mean(), 0.0)) + 1e-6)
+    squares: dict[str, list] = {}
+    for row in clips.itertuples():
+        squares.setdefault(row.speaker, []).append(np.square(offsets_of(row)[:, lips] - mean[row.speaker][lips]).sum(-1))
+    scale = {speaker: float(np.sqrt(np.concatenate(parts).mean()) + 1e-6) for speaker, parts in squares.items()}
     return mean, scale
+
+
+def running_sum(total: np.ndarray | None, rows: np.ndarray) -> np.ndarray:
+    """total + rows.sum(0), adding row after row as numpy's sum over axis 0 of all rows at once does, so the sum
+    of many clips' frames equals, bit for bit, the sum of their concatenation, without holding it."""
+    return np.add.reduce(rows if total is None else np.concatenate([total[None], rows]), axis=0)
 
 
 def collate(batch: list[dict]) -> dict:

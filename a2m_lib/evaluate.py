@@ -23,6 +23,7 @@ reference costs with and without train.reference = random_frame.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from tqdm.auto import tqdm
 
 from . import audio_frames, files, metrics, rundir, store
 from .config import Config
+from .dataset import running_sum
 from .model import Audio2Mesh, load_model, resolve_device
 
 BASELINES = ("neutral", "mean_offset", "nearest_audio")
@@ -64,21 +66,49 @@ class EvalResult:
 # ----------------------------------------------------------------------------------- baselines from training clips
 
 class TrainingFrames:
-    """What the baselines draw on: each training speaker's mean offset and its frames' log-mel audio."""
+    """What the baselines draw on: each training speaker's mean offset, and its frames' log-mel audio with where each
+    frame is. A frame's offsets are read from the store when a baseline picks it (a few clips kept): holding every
+    training frame's offsets took 0.4 GB for an hour of one speaker."""
+
+    CACHED_CLIPS = 64
 
     def __init__(self, processed, train_rows: pd.DataFrame, neutrals: dict, n_vertices: int, sample_rate: int,
                  progress: bool = True):
-        self.mean_offset, self.mel, self.offsets = {}, {}, {}
-        for speaker, rows in train_rows.groupby("speaker"):
-            offsets, mels = [], []
-            for row in tqdm(list(rows.itertuples()), desc=f"baselines {speaker}", leave=False, disable=not progress):
-                example = store.load_example(processed, row.clip_id, int(row.audio_shift_frames), sample_rate, n_vertices)
+        self.mean_offset, self.mel, self.frames = {}, {}, {}  # frames: speaker -> (N, 2) (row in self.rows, frame)
+        self.rows = [(row.clip_id, int(row.audio_shift_frames), row.speaker) for row in train_rows.itertuples()]
+        self.processed, self.neutrals, self.n_vertices, self.sample_rate = processed, neutrals, n_vertices, sample_rate
+        self._offsets = functools.lru_cache(maxsize=self.CACHED_CLIPS)(self._clip_offsets)
+        for speaker in sorted(train_rows.speaker.unique()):
+            total, count, mels, frames = None, 0, [], []
+            mine = [i for i, (_, _, owner) in enumerate(self.rows) if owner == speaker]
+            for index in tqdm(mine, desc=f"baselines {speaker}", leave=False, disable=not progress):
+                example = self._example(index)
+                offsets = example.mesh[example.valid] - neutrals[speaker][:n_vertices]
+                total, count = running_sum(total, offsets), count + len(offsets)
                 mel = audio_frames.standardised_log_mel(example.audio, sample_rate, len(example.mesh), example.fps)
-                offsets.append(example.mesh[example.valid] - neutrals[speaker][:n_vertices])
                 mels.append(mel[example.valid])
-            self.offsets[speaker], self.mel[speaker] = np.concatenate(offsets), np.concatenate(mels)
-            self.mean_offset[speaker] = self.offsets[speaker].mean(0)
-        self.all_speakers = sorted(self.offsets)
+                frames.append(np.c_[np.full(len(offsets), index), np.flatnonzero(example.valid)])
+            self.mel[speaker], self.frames[speaker] = np.concatenate(mels), np.concatenate(frames)
+            self.mean_offset[speaker] = total / np.float32(count)
+        self.all_speakers = sorted(self.mel)
+
+    def _example(self, index: int, audio: bool = True) -> store.Example:
+        clip_id, shift, _ = self.rows[index]
+        return store.load_example(self.processed, clip_id, shift, self.sample_rate, self.n_vertices, audio=audio)
+
+    def _clip_offsets(self, index: int) -> np.ndarray:
+        return self._example(index, audio=False).mesh - self.neutrals[self.rows[index][2]][:self.n_vertices]
+
+    def n_frames(self, speaker: str) -> int:
+        return len(self.frames[speaker]) if speaker in self.frames else 0
+
+    def offsets(self, frames: np.ndarray) -> np.ndarray:
+        """(N, V, 3) offsets of training frames given as (row, frame) pairs (self.frames), clip by clip."""
+        out = np.empty((len(frames), self.n_vertices, 3), np.float32)
+        for index in np.unique(frames[:, 0]):
+            at = frames[:, 0] == index
+            out[at] = self._offsets(int(index))[frames[at, 1]]
+        return out
 
     def mean_offset_for(self, speaker: str) -> np.ndarray:
         """The speaker's mean offset; for a speaker not in training, the mean over training speakers."""
@@ -90,10 +120,10 @@ class TrainingFrames:
         """(n_frames, V, 3) offsets of the nearest training frames by log-mel distance."""
         pool = [speaker] if speaker in self.mel else self.all_speakers
         bank = torch.from_numpy(np.concatenate([self.mel[s] for s in pool]))
-        offsets = np.concatenate([self.offsets[s] for s in pool])
+        frames = np.concatenate([self.frames[s] for s in pool])
         query = torch.from_numpy(audio_frames.standardised_log_mel(audio, sample_rate, n_frames, fps))
         nearest = torch.cat([torch.cdist(chunk, bank).argmin(1) for chunk in query.split(2048)])
-        return offsets[nearest.numpy()]
+        return self.offsets(frames[nearest.numpy()])
 
 
 # ----------------------------------------------------------------------------------- 1. predictions
@@ -110,8 +140,9 @@ def predict_clips(model: Audio2Mesh, clips: pd.DataFrame, processed, neutrals: d
         speaker = row.speaker  # Audio2Mesh.speaker_index refuses a speaker its embedding does not know
         offsets = model.predict(example.audio, n_frames, speaker=speaker, sample_rate=sample_rate, fps=example.fps)
         # a non-neutral reference: a random training frame of the speaker (its mean-offset pool)
-        pool = training.offsets.get(row.speaker)
-        reference_offsets = pool[rng.integers(len(pool))] if pool is not None else training.mean_offset_for(row.speaker)
+        pool = training.frames.get(row.speaker)
+        reference_offsets = training.offsets(pool[[rng.integers(len(pool))]])[0] if pool is not None \
+            else training.mean_offset_for(row.speaker)
         random_reference = neutral + reference_offsets
         if model.reference_fn is not None:
             with_reference = random_reference + model.predict(example.audio, n_frames, speaker=speaker,
