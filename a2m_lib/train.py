@@ -40,23 +40,12 @@ import torch.distributed as torch_dist
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import faults, files, regions, rundir
+from . import checkpoints, faults, files, rundir
+from .checkpoints import ResumeRefused, TrainingDiverged  # noqa: F401 - raised from here, and caught as train.*
 from .config import Config, load_config, write_run_config
 from .dataset import ClipDataset, EpochBatches, FeatureCache, collate, speaker_statistics, split_clips
-from .model import Audio2Mesh, load_checkpoint, resolve_device
-
-# Training keys that change only speed or bookkeeping, not the weights: a resumed run may differ in these.
-RESUMABLE_CHANGES = {"device", "num_workers", "num_threads", "processes", "resume", "validate_every",
-                     "checkpoint_every", "compile", "collapse_ratio"}
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or inf."""
-
-
-class ResumeRefused(RuntimeError):
-    """The run's last checkpoint cannot be continued with this config; the message says what changed."""
-
+from .losses import loss_sums, total_loss
+from .model import Audio2Mesh, resolve_device
 
 @dataclass
 class TrainResult:
@@ -112,43 +101,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-# ----------------------------------------------------------------------------------- losses
-
-def loss_sums(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, silent: torch.Tensor) -> dict:
-    """Summed absolute errors and their counts, (B, T, V, 3) with masks (B, T); divided by counts summed over
-    all processes, they give the same loss as one process would on the whole batch."""
-    error = (prediction - target).abs().sum(-1)                                        # (B, T, V)
-    frames = mask.to(prediction.dtype)
-    pairs = (mask[:, 1:] & mask[:, :-1]).to(prediction.dtype)                          # (B, T-1)
-    velocity = ((prediction[:, 1:] - prediction[:, :-1]) - (target[:, 1:] - target[:, :-1])).abs().sum(-1)
-    still = (pairs * silent[:, 1:].to(prediction.dtype))
-    motion = (prediction[:, 1:] - prediction[:, :-1]).abs().sum(-1)                    # (B, T-1, V)
-    n_vertices = prediction.shape[2]
-    lips = error[:, :, regions.LIPS] if n_vertices >= regions.N_LANDMARKS else error[:, :, :0]
-    return dict(
-        l1=((error * frames[..., None]).sum(), frames.sum() * n_vertices * 3),
-        velocity=((velocity * pairs[..., None]).sum(), pairs.sum() * n_vertices * 3),
-        lip=((lips * frames[..., None]).sum(), frames.sum() * lips.shape[2] * 3),
-        silence=((motion * still[..., None]).sum(), still.sum() * n_vertices * 3),
-    )
-
-
-def masked_l1(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean |prediction - target| over valid frames: (B, T, V, 3) with mask (B, T)."""
-    total, count = loss_sums(prediction, target, mask, torch.zeros_like(mask))["l1"]
-    return total / count.clamp(min=1)
-
-
-def total_loss(sums: dict, counts: list[float], cfg) -> torch.Tensor:
-    """L1 plus the weighted optional terms, each normalised by its count over all processes."""
-    weights = dict(l1=1.0, velocity=cfg.velocity_weight, lip=cfg.lip_weight, silence=cfg.silence_weight)
-    loss = 0.0
-    for (name, (total, _)), count in zip(sums.items(), counts):
-        if weights[name] and count > 0:
-            loss = loss + weights[name] * total / count
-    return loss
-
-
 # ----------------------------------------------------------------------------------- pieces of the loop
 
 def batch_features(model: Audio2Mesh, batch: dict, device, augment: torch.Generator | None = None) -> torch.Tensor:
@@ -201,51 +153,6 @@ def make_scheduler(optimiser, cfg, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimiser, factor)
 
 
-def rng_states() -> dict:
-    states = dict(python=random.getstate(), torch=torch.get_rng_state())
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def set_rng_states(states: dict) -> None:
-    random.setstate(states["python"])
-    torch.set_rng_state(states["torch"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def save_checkpoint(path: Path, model: Audio2Mesh, optimiser, scheduler, progress: dict, history: list, cfg: Config,
-                    split: list) -> None:
-    """Model (as model.load_model reads it), optimiser, scheduler, RNG and progress: tensors and plain values only.
-    Refuses to write non-finite weights, so the last good checkpoint survives a diverging run."""
-    state = model.state_dict()
-    if not all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point()):
-        raise TrainingDiverged(f"the weights are no longer finite; {path} keeps the last good state")
-    with files.atomic_path(path) as tmp:
-        torch.save(dict(model.describe(), model=state, optimiser=optimiser.state_dict(), scheduler=scheduler.state_dict(),
-                        rng=rng_states(), history=history, config=cfg.to_dict(), split=split, **progress), tmp)
-
-
-def _resume_problem(saved: dict, cfg: Config, split: list) -> str:
-    """Why the checkpoint `saved` cannot be continued with `cfg` and `split` ('' if it can)."""
-    before, now = saved["config"], cfg.to_dict()
-    changed = [f"model.{k}" for k in now["model"] if before["model"].get(k) != now["model"][k]]
-    changed += [f"train.{k}" for k in now["train"] if k not in RESUMABLE_CHANGES and before["train"].get(k) != now["train"][k]]
-    changed += [f"data.{k}" for k in ("processed", "fps", "sample_rate") if before["data"].get(k) != now["data"][k]]
-    changed += ["seed"] if before["seed"] != now["seed"] else []
-    details = ", ".join(f"{key} ({_lookup(before, key)!r} -> {_lookup(now, key)!r})" for key in changed)
-    if not details and saved["split"] != split:
-        details = "the split (the run's accepted clips changed: qa.csv or data.* differ)"
-    return details
-
-
-def _lookup(tree: dict, dotted: str):
-    for part in dotted.split("."):
-        tree = tree.get(part) if isinstance(tree, dict) else None
-    return tree
-
-
 @torch.no_grad()
 def validate(model: Audio2Mesh, dataset: ClipDataset, languages: dict, device, batch_size: int) -> dict:
     """Validation L1 overall, per speaker and per language, and the motion ratio (predicted / true std over time)."""
@@ -292,8 +199,7 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True) -> TrainResul
     tcfg = cfg.train
     procs = start_processes(tcfg.device)
     device = procs.device
-    checkpoints = rundir.checkpoints(run_dir)
-    checkpoints.mkdir(parents=True, exist_ok=True)
+    rundir.checkpoints(run_dir).mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
     if tcfg.num_threads:
         torch.set_num_threads(tcfg.num_threads)
@@ -313,17 +219,8 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True) -> TrainResul
     languages = dict(zip(splits.clip_id, splits.language)) if "language" in splits else {}
 
     # Resume, start afresh, or refuse: decided before anything is written.
-    last_path, best_path = checkpoints / "last.pt", checkpoints / "best.pt"
-    saved = load_checkpoint(last_path, map_location="cpu") if last_path.exists() else None
-    if saved is not None and (saved.get("finished") or not tcfg.resume):
-        if procs.main:
-            print(f"{last_path} is from a {'finished' if saved.get('finished') else 'previous'} run; training afresh")
-            last_path.unlink(missing_ok=True)
-            best_path.unlink(missing_ok=True)
-        saved = None
-    if saved is not None and (problem := _resume_problem(saved, cfg, split)):
-        raise ResumeRefused(f"{last_path} cannot be continued: changed since it was written: {problem}. To train "
-                            f"afresh in this run use -p train.resume=false, or give another --run-dir")
+    last_path, best_path = rundir.checkpoint(run_dir, "last"), rundir.checkpoint(run_dir, "best")
+    saved = checkpoints.previous_state(run_dir, cfg, split, clear=procs.main)
     if procs.main:
         with files.atomic_path(rundir.splits(run_dir)) as tmp:
             splits[split_columns].to_csv(tmp, index=False)
@@ -349,12 +246,7 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True) -> TrainResul
     best = [float("inf"), -1]  # (val loss, epoch)
     epoch, step_in_epoch, resumed_losses = 0, 0, []
     if saved is not None:
-        model.load_state_dict(saved["model"])
-        optimiser.load_state_dict(saved["optimiser"])
-        scheduler.load_state_dict(saved["scheduler"])
-        set_rng_states(saved["rng"])
-        history, best, epoch, step_in_epoch = saved["history"], list(saved["best"]), saved["epoch"], saved["step_in_epoch"]
-        resumed_losses = list(saved.get("epoch_losses", []))
+        history, best, epoch, step_in_epoch, resumed_losses = checkpoints.restore(saved, model, optimiser, scheduler)
         if procs.main:
             print(f"resuming from {last_path} at epoch {epoch}, step {step_in_epoch} of {steps_per_epoch}")
     network = model
@@ -410,7 +302,7 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True) -> TrainResul
                 global_step = epoch * steps_per_epoch + step_in_epoch
                 if tcfg.checkpoint_every and global_step % tcfg.checkpoint_every == 0 and step_in_epoch < steps_per_epoch \
                         and procs.main:
-                    save_checkpoint(last_path, model, optimiser, scheduler, dict(
+                    checkpoints.save(last_path, model, optimiser, scheduler, dict(
                         epoch=epoch, step_in_epoch=step_in_epoch, epoch_losses=losses, best=best, finished=False),
                         history, cfg, split)
                 faults.crash_point("train.step", f"{epoch}:{step_in_epoch}")
@@ -426,8 +318,8 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True) -> TrainResul
                 progress_state = dict(epoch=epoch, step_in_epoch=0, best=best, finished=epoch == tcfg.epochs)
                 if math.isfinite(monitored) and monitored < best[0]:
                     best[:] = [monitored, epoch - 1]
-                    save_checkpoint(best_path, model, optimiser, scheduler, progress_state, history, cfg, split)
-                save_checkpoint(last_path, model, optimiser, scheduler, progress_state, history, cfg, split)
+                    checkpoints.save(best_path, model, optimiser, scheduler, progress_state, history, cfg, split)
+                checkpoints.save(last_path, model, optimiser, scheduler, progress_state, history, cfg, split)
                 with files.atomic_path(rundir.train_log(run_dir)) as tmp:
                     pd.DataFrame(history).to_csv(tmp, index=False)
                 for key, value in row.items():

@@ -9,7 +9,7 @@ from a2m_lib.config import ConfigError, ModelConfig, load_config
 from a2m_lib.dataset import EpochBatches, collate
 from a2m_lib.encoders import EncoderLoadError, scratch_encoder_config
 from a2m_lib.model import Audio2Mesh, normalise_audio, resolve_device
-from a2m_lib.train import masked_l1
+from a2m_lib.losses import masked_l1
 
 TINY = dict(scratch_hidden=32, scratch_layers=2, scratch_conv_channels=16)
 
