@@ -17,6 +17,7 @@ import numpy as np
 from scipy.spatial import Delaunay
 
 from . import media, regions, store
+from .mesh import reference_mesh
 
 PANEL_COLOURS = {"truth": (40, 40, 40), "model": (30, 90, 200)}
 LIP_COLOUR = (220, 40, 40)
@@ -25,7 +26,7 @@ LIP_COLOUR = (220, 40, 40)
 @functools.lru_cache(maxsize=1)
 def mesh_edges() -> np.ndarray:
     """(E, 2) vertex pairs of a triangulation of the reference face (front projection), built once."""
-    reference = np.load(Path(__file__).parent / "assets" / "reference_mesh.npy")[: regions.N_LANDMARKS]
+    reference = reference_mesh()[: regions.N_LANDMARKS]
     triangles = Delaunay(reference[:, :2]).simplices
     edges = np.concatenate([triangles[:, [0, 1]], triangles[:, [1, 2]], triangles[:, [2, 0]]])
     edges = np.unique(np.sort(edges, axis=1), axis=0)

@@ -31,7 +31,7 @@ from scipy import signal
 from scipy.ndimage import gaussian_filter1d
 from tqdm.auto import tqdm
 
-from . import files, media, mesh, regions
+from . import files, media, regions, trackers
 
 VOWELS = {  # formants (Hz), articulation (jaw, spread, round)
     "a": ((800, 1200, 2500), (1.0, 0.2, 0.0)),
@@ -186,7 +186,7 @@ def load_face(face: str | Path | None = None, mirror: bool = False) -> FaceRig:
         photo = cv2.cvtColor(cv2.imread(str(face)), cv2.COLOR_BGR2RGB) if Path(face).is_file() else None
         if photo is None:
             raise FileNotFoundError(f"face image {face} cannot be read; pass a JPEG or PNG photo of one frontal face")
-    with mesh.FaceTracker(static=True) as tracker:
+    with trackers.FaceTracker(static=True) as tracker:
         landmarks = tracker(photo)
         if landmarks is None:
             raise ValueError(f"MediaPipe finds no face in {face or 'skimage.data.astronaut()'}; use a frontal face photo")
@@ -207,13 +207,13 @@ def load_face(face: str | Path | None = None, mirror: bool = False) -> FaceRig:
         image = np.ascontiguousarray(_warp(image, -fields[0] * (0.9 * gap / jaw_per_unit)))
         # Cover what is left of the teeth with lip colour and draw the closed mouth's line, so that rest
         # is the most closed mouth the face shows (the astronaut smiles with her teeth showing).
-        with mesh.FaceTracker(static=True) as tracker_closed:
+        with trackers.FaceTracker(static=True) as tracker_closed:
             closed = tracker_closed(image)
         lip_colour = np.median(image[closed[regions.LIPS, 1].astype(int), closed[regions.LIPS, 0].astype(int)], axis=0)
         inner = np.round(closed[INNER_LIP_CONTOUR, :2] * 4).astype(np.int32)
         cv2.fillPoly(image, [inner], tuple(int(c) for c in lip_colour), lineType=cv2.LINE_AA, shift=2)
         cv2.polylines(image, [inner[:11]], False, tuple(int(c * 0.45) for c in lip_colour), 1, cv2.LINE_AA, shift=2)
-        with mesh.FaceTracker(static=True) as tracker_closed:
+        with trackers.FaceTracker(static=True) as tracker_closed:
             landmarks = tracker_closed(image)
     return FaceRig(image=image, landmarks=landmarks, fields=_basis_fields(landmarks, FACE_SIZE, FACE_SIZE))
 

@@ -1,12 +1,12 @@
 import numpy as np
 
-from a2m_lib import media, mesh, regions, synth
+from a2m_lib import media, mesh, regions, synth, trackers
 
 
 def test_mediapipe_finds_the_face_in_at_least_99_percent_of_frames(synthetic_raw):
     found = total = 0
     for path in sorted(synthetic_raw.rglob("*.mp4"))[:4]:
-        with mesh.FaceTracker() as tracker:
+        with trackers.FaceTracker() as tracker:
             for frame in media.iter_frames(path, 30):
                 found += tracker(frame) is not None
                 total += 1
@@ -28,7 +28,7 @@ def test_clip_has_matching_audio_video_and_ground_truth(synthetic_raw):
 
 def test_jaw_articulation_opens_the_tracked_mouth():
     rig = synth.load_face()
-    with mesh.FaceTracker(static=True) as tracker:
+    with trackers.FaceTracker(static=True) as tracker:
         closed = mesh.remove_pose(tracker(synth.render_frame(rig, np.zeros(3, np.float32), np.zeros(4))))[0]
         opened = mesh.remove_pose(tracker(synth.render_frame(rig, np.array([1, 0, 0], np.float32), np.zeros(4))))[0]
     assert regions.mouth_opening(opened) > regions.mouth_opening(closed) + 1.0  # mesh units (~cm)
@@ -61,7 +61,7 @@ def test_fast_landmark_reading_matches_mediapipe_fields():
     with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, refine_landmarks=True) as face_mesh:
         face = face_mesh.process(data.astronaut()).multi_face_landmarks[0]
     slow = np.array([[p.x * 512, p.y * 512, p.z * 512] for p in face.landmark], np.float32)
-    np.testing.assert_allclose(mesh.landmarks_to_array(face, 512, 512), slow, rtol=1e-6, atol=1e-4)
+    np.testing.assert_allclose(trackers.landmarks_to_array(face, 512, 512), slow, rtol=1e-6, atol=1e-4)
 
 
 def test_batched_pose_removal_matches_scipys_similarity_fit():
