@@ -30,7 +30,6 @@ REPO = Path(__file__).resolve().parents[1]
 GRID = REPO.parent / "shared" / "eval_media" / "grid_s1"
 CONFIG = REPO / "configs" / "grid.yaml"
 RESULTS = REPO / "benchmarks" / "scale_results.json"
-A2M = Path(sys.executable).parent / "a2m"
 
 # (name, notebook, extra overrides, what one item is)
 STAGES = [("01 extract", "01", [], "clip"), ("02 QA", "02", [], "clip"), ("03 neutral", "03", [], "clip"),
@@ -96,7 +95,7 @@ def one_size(n: int, epochs: int, keep: bool) -> dict:
     overrides = [f"data.raw={raw}", f"data.processed={processed}", f"train.epochs={epochs}", "train.validate_every=1"]
     rows = []
     for name, notebook, extra, unit in STAGES:
-        command = [str(A2M), "run", "--config", str(CONFIG), "--run-dir", str(run), "--only", notebook]
+        command = [sys.executable, "-m", "a2m_lib.cli", "run", "--config", str(CONFIG), "--run-dir", str(run), "--only", notebook]
         for override in overrides + extra:
             command += ["-p", override]
         print(f"[scale] {n} clips: {name}", flush=True)
