@@ -1,11 +1,12 @@
 """Shared fixtures: a small synthetic dataset, extracted and QA'd once per session."""
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from a2m_lib import extract, qa, rundir, synth
+from a2m_lib import extract, media, qa, rundir, synth
 from a2m_lib.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,3 +53,7 @@ def require_eval_media(*relative: str) -> list[Path]:
     if missing:
         pytest.skip(f"real media not available: {missing[0]}")
     return paths
+
+
+def ffmpeg(*args):
+    subprocess.run([media.ffmpeg_exe(), "-loglevel", "error", "-y", *map(str, args)], check=True)

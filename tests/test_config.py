@@ -1,6 +1,15 @@
+"""a2m_lib.config: typed keys, overrides, errors that name the fix, every key read, paths against the project root."""
+
+import dataclasses
+import re
+import typing
+from pathlib import Path
+
 import pytest
 
+from a2m_lib import config, files
 from a2m_lib.config import ConfigError, config_from_dict, load_config, parse_overrides
+from tests.conftest import REPO
 
 
 def test_demo_and_reference_configs_load(cfg):
@@ -45,3 +54,24 @@ def test_a_renamed_key_names_its_new_name():
         load_config(None, {"model.mel_hidden": 64})
     with pytest.raises(ConfigError, match="model.whisper_layers.*weighted or last"):
         load_config(None, {"model.whisper_layers": "all"})
+
+
+def test_every_config_key_is_read_somewhere():
+    sources = "\n".join(p.read_text() for p in [*(REPO / "a2m_lib").rglob("*.py"), *(REPO / "notebooks").glob("*.ipynb")]
+                        if p.name != "config.py")
+    for section, kind in typing.get_type_hints(config.Config).items():
+        if dataclasses.is_dataclass(kind):
+            for key in dataclasses.fields(kind):
+                # read from a config object: cfg.train.lr, tcfg.lr, data_cfg.fps, self.cfg.encoder (not any `.name`)
+                assert re.search(rf"cfg\.(?:{section}\.)?{key.name}\b", sources), \
+                    f"config key {section}.{key.name} is read nowhere"
+
+
+def test_relative_config_paths_resolve_against_the_project_root(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # e.g. a kernel started in notebooks/
+    cfg = config.load_config("configs/demo.yaml")
+    assert Path(cfg.data.processed) == files.PROJECT_ROOT / "data" / "processed" / "demo"
+    assert cfg.model.encoder == "scratch" and cfg.neutral.neutral == "auto"
+    hub = config.load_config("configs/aniportrait.yaml")
+    assert hub.model.pretrained == "facebook/wav2vec2-base-960h"  # a hub id stays a hub id
+    assert config.load_config(None, {"data.raw": str(tmp_path)}).data.raw == str(tmp_path)

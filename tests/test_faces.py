@@ -10,6 +10,8 @@ import pytest
 from a2m_lib import extract, store
 from tests.conftest import EVAL_MEDIA, require_eval_media
 
+pytestmark = pytest.mark.slow  # real footage or real services: minutes, not seconds (make test-fast skips it)
+
 # Sources the store's sync model learns from: real talking heads that share no recording with the composites.
 TRAINING = ["lipnet/*.mpg", "real_extra/deep_avsr/*.mp4", "real_extra/spectre/*.mp4", "pcavs/*.mp4"]
 

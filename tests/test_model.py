@@ -1,15 +1,23 @@
+"""a2m_lib.model: the encoder's names and loading, shapes, padding, saving and loading, refused pickles."""
+
 import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from transformers import Wav2Vec2Model
 
+from a2m_lib import config, model, neutral, train
 from a2m_lib.config import ConfigError, ModelConfig, load_config
-from a2m_lib.dataset import EpochBatches, collate
 from a2m_lib.encoders import EncoderLoadError, scratch_encoder_config
 from a2m_lib.model import Audio2Mesh, normalise_audio, resolve_device
-from a2m_lib.losses import masked_l1
+from tests.conftest import REPO
 
 TINY = dict(scratch_hidden=32, scratch_layers=2, scratch_conv_channels=16)
 
@@ -133,31 +141,6 @@ def test_save_and_load_pretrained_are_symmetric(tiny_checkpoint, tmp_path):
     np.testing.assert_allclose(model.predict(audio, 15, speaker="y"), loaded.predict(audio, 15, speaker="y"), atol=1e-6)
 
 
-def test_masked_l1_ignores_padding():
-    prediction, target = torch.zeros(2, 4, 3, 3), torch.ones(2, 4, 3, 3)
-    target[1, 2:] = 100.0
-    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]], dtype=torch.bool)
-    assert masked_l1(prediction, target, mask).item() == pytest.approx(1.0)
-
-
-def test_collate_pads_features_and_masks():
-    batch = [dict(features=torch.ones(n, 8), offsets=torch.ones(n, 468, 3), valid=torch.ones(n, dtype=torch.bool),
-                  silent=torch.zeros(n, dtype=torch.bool), clip_id=c, speaker_id=0, reference=torch.zeros(468, 3))
-             for c, n in (("a", 10), ("b", 25))]
-    out = collate(batch)
-    assert out["features"].shape == (2, 25, 8) and out["offsets"].shape == (2, 25, 468, 3)
-    assert out["mask"].sum().item() == 35 and out["offsets"][0, 10:].abs().sum() == 0
-
-
-def test_epoch_batches_resume_and_split_across_processes():
-    whole = EpochBatches(10, 4, seed=3, epoch=2).batches
-    assert sorted(i for b in whole for i in b) == list(range(10))
-    assert EpochBatches(10, 4, seed=3, epoch=2, skip=1).batches == whole[1:]
-    halves = [EpochBatches(10, 4, seed=3, epoch=2, rank=r, world_size=2).batches for r in (0, 1)]
-    assert [sorted(a + b) for a, b in zip(*halves)] == [sorted(b) for b in whole]
-    assert EpochBatches(10, 4, seed=3, epoch=3).batches != whole
-
-
 def test_device_auto_and_audio_normalisation():
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     normalised = normalise_audio(np.random.default_rng(0).normal(3, 5, 1000).astype(np.float32))
@@ -180,16 +163,71 @@ def test_a_pretrained_style_encoder_round_trips(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
 
 
-def test_train_minutes_limits_training_footage_and_keeps_the_held_out_clips():
-    import pandas as pd
+def _tiny_model() -> model.Audio2Mesh:
+    torch.manual_seed(0)
+    return model.Audio2Mesh(config.ModelConfig(encoder="scratch", scratch_hidden=32, scratch_layers=1,
+                                               scratch_conv_channels=16, latent_dim=16))
 
-    from a2m_lib.dataset import split_clips
 
-    accepted = pd.DataFrame(dict(clip_id=[f"c{i:02d}" for i in range(40)], speaker=["a"] * 20 + ["b"] * 20,
-                                 n_frames=[90] * 40))  # 3 s clips at 30 fps
-    full = split_clips(accepted, 0.1, 0.2, seed=0)
-    limited = split_clips(accepted, 0.1, 0.2, seed=0, train_minutes=0.25, fps=30)  # 15 s: 5 clips per speaker
-    held_out = full.split.isin(["val", "test"])
-    assert (limited.split[held_out] == full.split[held_out]).all() and not limited.split[~held_out].isin(["val", "test"]).any()
-    assert (limited[limited.split == "train"].groupby("speaker").size() == 5).all()
-    assert set(limited.split) == {"train", "val", "test", "unused"}
+def test_shared_model_is_safetensors_and_json(tmp_path):
+    from safetensors.torch import load_file
+
+    tiny = _tiny_model()
+    tiny.save_pretrained(tmp_path / "shared")
+    assert sorted(p.name for p in (tmp_path / "shared").iterdir()) == ["config.json", "model.safetensors"]
+    weights = load_file(tmp_path / "shared" / "model.safetensors")  # outside a2m: no code, no a2m import needed
+    described = json.loads((tmp_path / "shared" / "config.json").read_text())
+    assert described["model_config"]["latent_dim"] == 16 and "mesh units" in described["units"]
+    assert torch.equal(weights["out_fn.weight"], tiny.state_dict()["out_fn.weight"])
+    loaded = model.load_model(tmp_path / "shared")
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), tiny.state_dict().values()))
+
+
+def test_a_crafted_checkpoint_is_refused_by_every_loader_and_runs_nothing(tmp_path, processed, qa_run, accepted):
+    marker = tmp_path / "pwned"
+    tiny = _tiny_model()
+    crafted = dict(tiny.describe(), model=tiny.state_dict(), payload=_RunsCode(marker))
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    for name in ("best.pt", "last.pt"):
+        torch.save(crafted, run_dir / "checkpoints" / name)
+    (tmp_path / "shared").mkdir()
+    torch.save(crafted, tmp_path / "shared" / "model.pt")  # a pickled model where a shared model should be
+
+    with pytest.raises(model.UnsafeModelFileError, match=r"refused to load .*best\.pt.*could run code"):
+        model.load_model(run_dir / "checkpoints" / "best.pt")
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        model.load_model(tmp_path / "shared")
+    # evaluation
+    from a2m_lib import evaluate
+
+    cfg = config.load_config(REPO / "configs" / "demo.yaml", {"data.processed": str(processed)})
+    shutil.copy(qa_run / "qa.csv", run_dir / "qa.csv")
+    neutral.resolve(processed, accepted, "auto", run_dir)
+    with pytest.raises(model.UnsafeModelFileError):
+        evaluate.evaluate(cfg, run_dir, progress=False)
+    # resuming training
+    with pytest.raises(model.UnsafeModelFileError, match="last.pt"):
+        train.train(dataclasses.replace(cfg, model=tiny.cfg), run_dir, progress=False)
+    # a2m predict (--run and --checkpoint) and the AniPortrait export
+    from a2m_lib import predict
+
+    with pytest.raises(model.UnsafeModelFileError):
+        predict.prepare(run_dir, None, None, "spk0", None)
+    with pytest.raises(model.UnsafeModelFileError):
+        predict.prepare(None, run_dir / "checkpoints" / "last.pt", run_dir / "neutral" / "spk0.npz", None, None)
+    with pytest.raises(model.UnsafeModelFileError):
+        predict.export_aniportrait(run_dir, tmp_path / "export")
+    result = subprocess.run([sys.executable, "-m", "a2m_lib.cli", "predict", str(REPO / "README.md"), "--run", str(run_dir),
+                             "--out", str(tmp_path / "x.npz")], capture_output=True, text=True)
+    assert result.returncode != 0 and "refused to load" in result.stderr
+    assert not marker.exists()
+    assert not subprocess.run(["grep", "-rn", "weights_only=False", str(REPO / "a2m_lib")], capture_output=True).stdout
+
+
+class _RunsCode:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)

@@ -1,3 +1,5 @@
+"""a2m_lib.neutral and the picker (a2m_lib.picker) outside the browser: choices, ranking, the saved files."""
+
 import numpy as np
 import pytest
 

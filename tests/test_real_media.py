@@ -9,7 +9,7 @@ from a2m_lib.config import QAConfig
 
 from .conftest import require_eval_media
 
-pytestmark = pytest.mark.real_media
+pytestmark = [pytest.mark.real_media, pytest.mark.slow]
 FRONTAL = ["lipnet/GRID_bbaf2n.mpg", "v-express/AOC_gt.mp4", "sadtalker/WDA_AlexandriaOcasioCortez_000.mp4"]
 SHIFT_FRAMES = 5
 

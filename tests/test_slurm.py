@@ -17,6 +17,8 @@ import pytest
 
 from a2m_lib import store
 
+pytestmark = pytest.mark.slow  # real footage or real services: minutes, not seconds (make test-fast skips it)
+
 REPO = Path(__file__).resolve().parents[1]
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "sinfo")
 

@@ -1,3 +1,5 @@
+"""a2m_lib.synth: synthetic talking heads that MediaPipe tracks, with their ground truth and faults."""
+
 import numpy as np
 
 from a2m_lib import media, mesh, regions, synth, trackers
@@ -52,35 +54,3 @@ def test_faults_are_injected(tmp_path):
     truth = synth.synth_clip(tmp_path / "drop.mp4", rig, 3.0, 150, rng, faults=synth.Faults(dropped_frames=5))
     assert sum(1 for _ in media.iter_frames(tmp_path / "drop.mp4", 30)) == 85
     assert len(truth["articulation"]) == 85
-
-
-def test_fast_landmark_reading_matches_mediapipe_fields():
-    from skimage import data
-    import mediapipe as mp
-
-    with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, refine_landmarks=True) as face_mesh:
-        face = face_mesh.process(data.astronaut()).multi_face_landmarks[0]
-    slow = np.array([[p.x * 512, p.y * 512, p.z * 512] for p in face.landmark], np.float32)
-    np.testing.assert_allclose(trackers.landmarks_to_array(face, 512, 512), slow, rtol=1e-6, atol=1e-4)
-
-
-def test_batched_pose_removal_matches_scipys_similarity_fit():
-    from scipy.spatial.transform import Rotation
-
-    reference = mesh.reference_mesh()
-    rng = np.random.default_rng(0)
-    frames = np.stack([12.0 * reference @ Rotation.random(random_state=i).as_matrix().T + rng.normal(0, 50, 3)
-                       for i in range(4)]).astype(np.float32)
-    frames += rng.normal(0, 0.5, frames.shape).astype(np.float32)  # landmark noise
-    meshes, scales, rotations, translations = mesh.remove_pose_batch(frames)
-    for i in range(4):
-        # reference solution: scipy's Kabsch rotation, then scale and translation in closed form
-        source, target = frames[i][regions.STABLE], reference[regions.STABLE]
-        source_c, target_c = source - source.mean(0), target - target.mean(0)
-        rotation, _ = Rotation.align_vectors(target_c, source_c)
-        scale = (target_c * rotation.apply(source_c)).sum() / (source_c ** 2).sum()
-        np.testing.assert_allclose(rotations[i], rotation.as_matrix(), atol=1e-4)
-        assert abs(scales[i] - scale) < 1e-5 and abs(scales[i] - 1 / 12.0) < 1e-3
-        np.testing.assert_allclose(meshes[i], reference, atol=0.2)  # pose removed, up to the noise
-        single = mesh.remove_pose(frames[i])
-        np.testing.assert_array_equal(single[0], meshes[i])

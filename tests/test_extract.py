@@ -1,17 +1,15 @@
+"""a2m_lib.extract (and clips.py): the store's files and manifest, bad inputs, gaps, cuts, resume, workers, shards."""
+
 import json
 import os
 import shutil
-import subprocess
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from a2m_lib import audio_frames, extract, media, mesh, qa, regions, store, synth, workers
-
-
-def ffmpeg(*args):
-    subprocess.run([media.ffmpeg_exe(), "-loglevel", "error", "-y", *map(str, args)], check=True)
+from a2m_lib import audio_frames, extract, media, mesh, qa, regions, store, synth
+from tests.conftest import ffmpeg
 
 
 def test_manifest_and_clip_files(processed):
@@ -28,13 +26,6 @@ def test_manifest_and_clip_files(processed):
     error = np.linalg.norm(clip["mesh"][:, regions.STABLE] - mesh.reference_mesh()[regions.STABLE], axis=-1)
     assert np.median(error) < 0.6
     assert not list(processed.rglob("*.part*")), "no half-written files"
-
-
-def test_clean_clips_pass_qa(qa_run):
-    table = pd.read_csv(qa_run / "qa.csv", keep_default_na=False)
-    assert list(table.columns) == qa.QA_COLUMNS
-    assert (table.status == "pass").all(), table[table.status != "pass"].reason.tolist()
-    assert (table.av_offset_frames.abs() <= 1).all()
 
 
 @pytest.fixture(scope="module")
@@ -105,33 +96,6 @@ def test_odd_formats_are_converted(faulty_store):
     assert np.nanmax(uhd["landmarks_image"][..., 0]) > 1280  # landmarks in source pixels, not the downscaled copy
     tiny = table.loc["bad__tiny"]
     assert tiny.status == "fail" and "only" in tiny.reason and tiny.n_frames < 10
-
-
-def test_qa_flags_offset_and_dropped_frames(faulty_store):
-    _, _, _, report = faulty_store
-    table = report.table.set_index("clip_id")
-    shifted = table[table.index.str.startswith("shifted")]
-    assert (shifted.status == "fail").all()
-    assert (shifted.av_offset_frames - 6).abs().max() <= 1, shifted.av_offset_frames.tolist()
-    dropped = table.loc[table.index.str.startswith("dropped")].iloc[0]
-    assert dropped.status == "fail" and dropped.frame_diff <= -5 and "expected" in dropped.reason
-
-
-def test_qa_can_correct_a_confident_offset(faulty_store, cfg, tmp_path):
-    from dataclasses import replace
-
-    _, out, _, _ = faulty_store
-    corrected = qa.check_store(out, replace(cfg.qa, correct_offset=True), cfg.data.sample_rate, run_dir=tmp_path).table.set_index("clip_id")
-    shifted = corrected[corrected.index.str.startswith("shifted")]
-    assert (shifted.status == "pass").all() and (shifted.audio_shift_frames == shifted.av_offset_frames).all()
-    assert shifted.reason.str.contains("corrected").all()
-    clip = store.load_clip(out, shifted.index[0])
-    spf = 16000 / 30
-    moved = store.shift_audio(clip["audio"], 6, spf)
-    np.testing.assert_array_equal(moved[: 1000], clip["audio"][int(6 * spf): int(6 * spf) + 1000])
-    assert len(moved) == len(clip["audio"])
-    example = store.load_example(out, shifted.index[0], 6)  # what training and evaluation read
-    np.testing.assert_array_equal(example.audio, moved)
 
 
 def test_extraction_resumes_without_redoing_finished_sources(faulty_store, cfg):
@@ -213,21 +177,6 @@ def test_a_video_removed_from_raw_leaves_the_manifest_but_keeps_its_files(synthe
     assert len(list((tmp_path / "out" / "clips").glob("*.npz"))) == 2  # nothing computed is deleted
 
 
-def test_a_reencoded_copy_of_a_video_is_failed_naming_the_original(synthetic_raw, tmp_path, cfg):
-    speaker = tmp_path / "raw" / "spk0"
-    speaker.mkdir(parents=True)
-    first, second = sorted((synthetic_raw / "spk0").glob("*.mp4"))[:2]
-    shutil.copy(first, speaker / "a.mp4")
-    shutil.copy(second, speaker / "b.mp4")
-    # the same recording published again: cropped, re-encoded, its audio at another bitrate
-    ffmpeg("-i", first, "-vf", "crop=iw-16:ih-16", "-b:a", "64k", speaker / "c_copy.mp4")
-    extract.extract_store(tmp_path / "raw", tmp_path / "out", cfg.data, cfg.extract, workers=1, progress=False)
-    table = qa.check_store(tmp_path / "out", cfg.qa, run_dir=tmp_path / "run", progress=False).table.set_index("clip_id")
-    copy = table.loc["spk0__c_copy"]
-    assert copy.duplicate_of == "spk0__a" and copy.status == "fail" and "a copy of clip spk0__a" in copy.reason
-    assert not copy.use and table.loc[["spk0__a", "spk0__b"]].status.eq("pass").all()
-
-
 def test_language_and_speaker_from_metadata(tmp_path, synthetic_raw, cfg):
     raw = tmp_path / "raw"
     raw.mkdir()
@@ -300,14 +249,6 @@ def test_a_25fps_source_repeats_frames_instead_of_tracking_them_twice(synthetic_
     assert (moved > 0).all(), "frames that are not repeats get their own landmarks"
 
 
-def test_core_groups_give_each_worker_its_own_cpus(monkeypatch):
-    monkeypatch.setattr(workers.os, "sched_getaffinity", lambda pid: {4, 5, 6, 7})
-    assert workers.core_groups(1) == [{4, 5, 6, 7}]
-    assert workers.core_groups(2) == [{4, 5}, {6, 7}]
-    assert workers.core_groups(4) == [{4}, {5}, {6}, {7}]
-    assert workers.core_groups(5) == [{4}, {5}, {6}, {7}, {4}]
-
-
 def test_a_worker_that_dies_costs_only_its_own_sources(synthetic_raw, tmp_path, cfg, monkeypatch):
     """A worker process that dies (as a crash inside MediaPipe would end it) while it holds one source: exactly that
     source is reported unfinished, every other one is finished by the other worker, and a re-run completes it.
@@ -357,19 +298,6 @@ def test_frames_are_those_of_the_ffmpeg_command_line(synthetic_raw, tmp_path):
         if path != source:
             assert abs(sum(repeated for _, repeated in got) - len(got) / 6) <= 1, path.name
     assert got[0][0].shape[0] > got[0][0].shape[1]  # turned: the display rotation is applied
-
-
-def test_tracking_and_decoding_get_their_own_cpus_and_the_caller_gets_its_own_back(monkeypatch, synthetic_raw, tmp_path, cfg):
-    before = os.sched_getaffinity(0)
-    source = sorted(synthetic_raw.rglob("*.mp4"))[4]
-    (tmp_path / "raw").mkdir()
-    shutil.copy(source, tmp_path / "raw" / source.name)
-    extract.extract_store(tmp_path / "raw", tmp_path / "out", cfg.data, cfg.extract, workers=1, progress=False)
-    assert os.sched_getaffinity(0) == before  # a notebook kernel is not left on one CPU
-    monkeypatch.setattr(workers.os, "sched_getaffinity", lambda pid: {2, 3, 5})
-    assert workers.split_cpus() == ({2}, {3, 5})
-    monkeypatch.setattr(workers.os, "sched_getaffinity", lambda pid: {3})
-    assert workers.split_cpus() == (None, None)
 
 
 def test_damaged_video_packets_are_skipped_and_noted(synthetic_raw, tmp_path, cfg):
