@@ -73,9 +73,9 @@ def cmd_predict(args) -> int:
 
     inputs = predict.prepare(args.run, args.checkpoint, args.neutral, args.speaker, args.reference)
     if args.fps:
-        inputs["fps"] = args.fps
+        inputs.fps = args.fps
     result = predict.predict_audio(audio_path=args.audio, out_path=args.out, smooth_frames=args.smooth,
-                                   video_path=args.video, **inputs)
+                                   video_path=args.video, **vars(inputs))
     print(f"{result.path}: {len(result.verts)} frames at {result.fps:g} fps from {result.audio_seconds:.1f} s of audio "
           f"in {result.seconds:.2f} s (real-time factor {result.real_time_factor:.0f}x)")
     return 0

@@ -149,7 +149,7 @@ class TrainConfig:
     velocity_weight: float = 0.0  # + weight x L1 of frame-to-frame differences
     lip_weight: float = 0.0  # + weight x L1 on the lip vertices
     silence_weight: float = 0.0  # + weight x predicted motion in silent frames (stillness)
-    augment: bool = False  # training-time audio feature noise and masking (mel encoder)
+    augment: bool = False  # training-time noise, tilt and a masked band on cached frame features (made for log-mel)
     stretch: float = 0.0  # tempo augmentation: each sample resampled in time by a factor exp(U(-stretch, stretch))
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU | bf16 | fp32
@@ -212,9 +212,9 @@ def _coerce(value: Any, kind: type, key: str) -> Any:
 
 
 def _resolve_path(value: str, rule: str) -> str:
-    """A relative path field -> absolute under the project root. Keywords ("auto", "scratch", a neutral's
-    "<clip_id>:<frame>") stay as they are, and so does an encoder that is not a local folder (a hub id)."""
-    if not value or Path(value).is_absolute() or value in ("auto", "mean-closed", "scratch"):
+    """A relative path field -> absolute under the project root. Keywords (a neutral's "auto", "mean-closed" or
+    "<clip_id>:<frame>") stay as they are, and so does weights' name that is not a local folder (tiny.en, a hub id)."""
+    if not value or Path(value).is_absolute() or value in ("auto", "mean-closed"):
         return value
     if ":" in value and not value.endswith(".npz"):
         return value

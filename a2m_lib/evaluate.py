@@ -167,7 +167,7 @@ def predict_clips(model: Audio2Mesh, clips: pd.DataFrame, processed, neutrals: d
 
 def score(predictions: Path, split: str = "test", extra: dict | None = None) -> dict:
     """Metrics from prediction files alone (no model needed): the summary that metrics.json holds."""
-    rows, by_group = [], {}
+    rows = []
     variants = {"model": "model", **{name: f"baseline_{name}" for name in BASELINES if name != "neutral"}}
     for path in sorted(p for p in Path(predictions).glob("*.npz") if not files.is_part(p)):
         with np.load(path) as data:

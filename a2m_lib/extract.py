@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from . import clips, faces, faults, files, media, regions, store, trackers
 from .clips import ExtractionError
-from . import workers as pool
+from . import workers as worker_processes
 from .config import DataConfig, ExtractConfig
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".m4v"}
@@ -280,14 +280,14 @@ def extract_sequence(jobs: Iterable[Job]) -> Iterator[list[dict]]:
     of FaceMesh time, and the reference data are short clips: done beside the tracking, they cost little.
     """
     jobs = iter(jobs)
-    tracking_cpus, decoding_cpus = pool.split_cpus()
+    tracking_cpus, decoding_cpus = worker_processes.split_cpus()
 
     def prepare_next():
         job = next(jobs, None)
         return None if job is None else helper.submit(_prepare, job)
 
-    with futures.ThreadPoolExecutor(3, thread_name_prefix="a2m-helper", initializer=pool.keep_to,
-                                    initargs=(decoding_cpus,)) as helper, pool.kept_to(tracking_cpus):
+    with futures.ThreadPoolExecutor(3, thread_name_prefix="a2m-helper", initializer=worker_processes.keep_to,
+                                    initargs=(decoding_cpus,)) as helper, worker_processes.kept_to(tracking_cpus):
         upcoming, finishing = prepare_next(), collections.deque()
         try:
             while upcoming is not None:
@@ -343,21 +343,21 @@ def extract_store(raw_dir: str | Path, out_dir: str | Path, data_cfg: DataConfig
     jobs = [Job(s, out_dir, data_cfg, extract_cfg) for s in sources if not _is_done(out_dir, s, settings)]
     n_workers = extract_cfg.workers if workers is None else workers
     if n_workers <= 0:
-        n_workers = len(pool.available_cpus()) or os.cpu_count() or 1
+        n_workers = len(worker_processes.available_cpus()) or os.cpu_count() or 1
     started = time.time()
     log_dir = out_dir / "tmp"
-    with pool.native_stderr_to(log_dir / "native.log") as native_log:
+    with worker_processes.native_stderr_to(log_dir / "native.log") as native_log:
         bar = tqdm(total=len(jobs), desc="extract", unit="video", disable=not progress)
         if n_workers <= 1 or len(jobs) <= 1:
             for _ in extract_sequence(jobs):
                 bar.update()
             unfinished = []
         else:
-            unfinished = pool.run_processes(
+            unfinished = worker_processes.run_processes(
                 extract_sequence, jobs, n_workers, on_result=lambda _: bar.update(), key=lambda rows: rows[0]["source"],
                 job_key=lambda job: str(job.source["path"]), log_dir=log_dir)
         bar.close()
-    pool.forward_native_log(native_log)
+    worker_processes.forward_native_log(native_log)
     manifest = store.write_manifest(out_dir, {s["source_key"] for s in found})
     if faces.judge_store(out_dir, data_cfg.sample_rate):  # the store's sync model changed a face kept
         print(f"{out_dir}: the store's sync model chose the other face in some clips (manifest column face_judge)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from . import regions
+from .config import TrainConfig
 
 
 def loss_sums(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, silent: torch.Tensor) -> dict:
@@ -33,9 +34,9 @@ def masked_l1(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
     return total / count.clamp(min=1)
 
 
-def total_loss(sums: dict, counts: list[float], cfg) -> torch.Tensor:
+def total_loss(sums: dict, counts: list[float], train_cfg: TrainConfig) -> torch.Tensor:
     """L1 plus the weighted optional terms, each normalised by its count over all processes."""
-    weights = dict(l1=1.0, velocity=cfg.velocity_weight, lip=cfg.lip_weight, silence=cfg.silence_weight)
+    weights = dict(l1=1.0, velocity=train_cfg.velocity_weight, lip=train_cfg.lip_weight, silence=train_cfg.silence_weight)
     loss = 0.0
     for (name, (total, _)), count in zip(sums.items(), counts):
         if weights[name] and count > 0:

@@ -29,7 +29,7 @@ from .rundir import load_neutral, save_neutral
 SCORE_WEIGHTS = {"mouth": 1.0, "energy": 1.0, "eyes": 0.5, "pose": 0.5, "motion": 0.5, "blendshapes": 1.0}
 
 
-def frame_features(clips: dict[str, dict]) -> pd.DataFrame:
+def frame_measures(clips: dict[str, dict]) -> pd.DataFrame:
     """Per-frame neutrality features of one speaker's clips (NaN frames dropped)."""
     rows = []
     all_meshes = np.concatenate([clip["mesh"] for clip in clips.values()])
@@ -120,7 +120,7 @@ def rank_candidates(processed: str | Path, accepted: pd.DataFrame, top_k: int | 
     clips = clips or load_speaker_clips(processed, accepted)
     tables = []
     for speaker, speaker_clips in clips.items():
-        ranked = score_frames(frame_features(speaker_clips))
+        ranked = score_frames(frame_measures(speaker_clips))
         ranked.insert(0, "speaker", speaker)
         tables.append(_spread_out(ranked, top_k) if top_k else ranked)
     return pd.concat(tables, ignore_index=True)
@@ -175,7 +175,7 @@ def resolve(processed: str | Path, accepted: pd.DataFrame, choice: str, run_dir:
         if speaker in fixed:
             neutral_mesh, clip_id, frame, chosen_by, score = fixed[speaker]
         else:
-            ranked = score_frames(frame_features(speaker_clips))
+            ranked = score_frames(frame_measures(speaker_clips))
             if choice == "mean-closed":
                 best = ranked.head(max(1, len(ranked) // 20))  # the best-scored 5% of frames
                 neutral_mesh = np.mean([speaker_clips[r.clip_id]["mesh"][r.frame] for r in best.itertuples()], axis=0)

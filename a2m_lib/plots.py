@@ -34,17 +34,17 @@ def banner(text: str):
 
 def clip(processed: str | Path, clip_id: str):
     """A frame with its landmarks, the pose-free mesh from the front and the side, and the mouth over time."""
-    clip = store.load_clip(processed, clip_id)
-    meta = clip["meta"]
-    frame_index = int(np.argmax(clip["face_found"]))
+    data = store.load_clip(processed, clip_id)
+    meta = data["meta"]
+    frame_index = int(np.argmax(data["face_found"]))
     frame = media.read_frame(meta["source"], float(meta["start"]) + frame_index / float(meta["fps"]))
     fig, axes = plt.subplots(1, 4, figsize=(15, 3.6), gridspec_kw={"width_ratios": [1, 1, 1, 2]})
     if frame is not None:
         axes[0].imshow(frame)
-    points = clip["landmarks_image"][frame_index]
+    points = data["landmarks_image"][frame_index]
     axes[0].scatter(points[:, 0], points[:, 1], s=0.3, color="lime")
     axes[0].set(title=f"frame {frame_index} + landmarks")
-    shape = clip["mesh"][frame_index]
+    shape = data["mesh"][frame_index]
     axes[1].scatter(shape[:, 0], shape[:, 1], s=0.5)
     axes[1].set(title="pose-free mesh, front", xlabel="x")
     axes[2].scatter(shape[:, 2], shape[:, 1], s=0.5)
@@ -52,9 +52,9 @@ def clip(processed: str | Path, clip_id: str):
     for axis in axes[:3]:
         axis.set_aspect("equal")
         axis.invert_yaxis() if axis is not axes[0] else None
-    t = np.arange(len(clip["mesh"])) / float(meta["fps"])
-    axes[3].plot(t, regions.mouth_opening(clip["mesh"]), label="inner-lip gap (mesh units)")
-    axes[3].fill_between(t, 0, (~clip["face_found"]) * np.nanmax(regions.mouth_opening(clip["mesh"])), color="tab:red",
+    t = np.arange(len(data["mesh"])) / float(meta["fps"])
+    axes[3].plot(t, regions.mouth_opening(data["mesh"]), label="inner-lip gap (mesh units)")
+    axes[3].fill_between(t, 0, (~data["face_found"]) * np.nanmax(regions.mouth_opening(data["mesh"])), color="tab:red",
                          alpha=0.3, label="no face")
     axes[3].set(xlabel="seconds", title=clip_id)
     axes[3].legend(fontsize=8)

@@ -29,6 +29,18 @@ class PredictError(ValueError):
 
 
 @dataclass
+class Inputs:
+    """What `a2m predict` needs besides the audio (prepare): the model, the mesh its offsets are added to, the
+    speaker, the dynamic reference's offsets (None: the neutral) and the frame rate."""
+
+    model: Audio2Mesh
+    base_mesh: np.ndarray
+    speaker: str | None
+    reference_offsets: np.ndarray | None
+    fps: float
+
+
+@dataclass
 class Prediction:
     verts: np.ndarray   # (T, V, 3) absolute meshes, mesh units
     fps: float
@@ -90,7 +102,7 @@ def predict_audio(model: Audio2Mesh, audio_path: str | Path, out_path: str | Pat
 
 
 def prepare(run: str | Path | None, checkpoint: str | Path | None, neutral: str | Path | None, speaker: str | None,
-            reference: str | None, device: str = "cpu") -> dict:
+            reference: str | None, device: str = "cpu") -> Inputs:
     """Model, base mesh, speaker, reference offsets and fps for `a2m predict`, from a run or a checkpoint + neutral."""
     if (run is None) == (checkpoint is None):
         raise PredictError("give either --run RUN_DIR, or --checkpoint CKPT with --neutral NEUTRAL.npz")
@@ -123,7 +135,7 @@ def prepare(run: str | Path | None, checkpoint: str | Path | None, neutral: str 
         if not np.isfinite(mesh).all():
             raise PredictError(f"--reference {reference}: that frame has no face; choose another frame")
         reference_offsets, base = mesh - base, mesh
-    return dict(model=model, base_mesh=base, speaker=speaker, reference_offsets=reference_offsets, fps=fps)
+    return Inputs(model=model, base_mesh=base, speaker=speaker, reference_offsets=reference_offsets, fps=fps)
 
 
 # ----------------------------------------------------------------------------------- AniPortrait export

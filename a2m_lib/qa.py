@@ -106,15 +106,15 @@ def measure_clip(clip: dict, sample_rate: int) -> tuple[dict, np.ndarray | None]
     return row, scores
 
 
-def judge(row: dict, cfg: QAConfig) -> dict:
+def judge(row: dict, qa_cfg: QAConfig) -> dict:
     """Add the decided offset, status, reason, `use` and any audio correction to a measured row (which
     holds clip_* and source_* estimates, and source_clips: how many clips the source's estimate pools)."""
     reasons, notes = [], []
-    if row["n_frames"] < cfg.min_frames:
-        reasons.append(f"only {row['n_frames']} frames (< {cfg.min_frames})")
-    if abs(row["frame_diff"]) > cfg.frame_tolerance:
+    if row["n_frames"] < qa_cfg.min_frames:
+        reasons.append(f"only {row['n_frames']} frames (< {qa_cfg.min_frames})")
+    if abs(row["frame_diff"]) > qa_cfg.frame_tolerance:
         reasons.append(f"{row['n_frames']} mesh frames vs {row['expected_frames']} expected from the audio")
-    if row["face_missing_frac"] > cfg.max_face_missing_frac:
+    if row["face_missing_frac"] > qa_cfg.max_face_missing_frac:
         reasons.append(f"no face in {row['face_missing_frac']:.0%} of frames")
     correlation = row.pop("duplicate_correlation", 0.0)
     if row.get("duplicate_of"):
@@ -123,27 +123,27 @@ def judge(row: dict, cfg: QAConfig) -> dict:
                        f"copy from data.raw to silence this")
     offset, confidence, shift, uncertain = row["clip_offset_frames"], row["clip_confidence"], 0, False
     source_clips = row.pop("source_clips")
-    if confidence < cfg.min_offset_confidence:
-        if source_clips > 1 and row["source_confidence"] >= cfg.min_offset_confidence:
+    if confidence < qa_cfg.min_offset_confidence:
+        if source_clips > 1 and row["source_confidence"] >= qa_cfg.min_offset_confidence:
             offset, confidence = row["source_offset_frames"], row["source_confidence"]
             notes.append(f"the clip's own offset estimate is unsure ({row['clip_confidence']:.3f} < "
-                         f"{cfg.min_offset_confidence}); its source's pooled estimate is used")
+                         f"{qa_cfg.min_offset_confidence}); its source's pooled estimate is used")
         else:
             uncertain = True
             notes.append(f"offset estimate unsure (confidence {row['clip_confidence']:.3f} < qa.min_offset_confidence="
-                         f"{cfg.min_offset_confidence}); reads {offset:+d} frames")
-    if not uncertain and abs(offset) > cfg.max_offset_frames:
-        if cfg.correct_offset:
+                         f"{qa_cfg.min_offset_confidence}); reads {offset:+d} frames")
+    if not uncertain and abs(offset) > qa_cfg.max_offset_frames:
+        if qa_cfg.correct_offset:
             shift = offset
             notes.append(f"audio/video offset {offset:+d} frames corrected: the audio is shifted {offset:+d} frames earlier")
         else:
-            reasons.append(f"audio/video offset {offset:+d} frames (> {cfg.max_offset_frames})")
-    elif not uncertain and offset and cfg.align_in_tolerance:
+            reasons.append(f"audio/video offset {offset:+d} frames (> {qa_cfg.max_offset_frames})")
+    elif not uncertain and offset and qa_cfg.align_in_tolerance:
         shift = offset
         notes.append(f"audio/video offset {offset:+d} frames (within tolerance) corrected: the audio is shifted "
                      f"{offset:+d} frames earlier")
     status = "fail" if reasons else "uncertain" if uncertain else "pass"
-    use = status == "pass" or (status == "uncertain" and cfg.use_uncertain)
+    use = status == "pass" or (status == "uncertain" and qa_cfg.use_uncertain)
     return dict(row, av_offset_frames=offset, av_confidence=round(confidence, 4), status=status, use=use,
                 reason="; ".join(reasons + notes), audio_shift_frames=shift)
 
@@ -178,7 +178,7 @@ def measure_store(processed: str | Path, sample_rate: int = 16000, progress: boo
     return measured, fresh
 
 
-def check_store(processed: str | Path, cfg: QAConfig, sample_rate: int = 16000, run_dir: str | Path = "runs/qa",
+def check_store(processed: str | Path, qa_cfg: QAConfig, sample_rate: int = 16000, run_dir: str | Path = "runs/qa",
                 progress: bool = True) -> QAReport:
     """QA every clip of the store with the run's settings; write run_dir/qa.csv; return the report."""
     processed = Path(processed)
@@ -223,7 +223,7 @@ def check_store(processed: str | Path, cfg: QAConfig, sample_rate: int = 16000, 
                    source_offset_frames=source_offset, source_confidence=round(source_confidence, 4),
                    source_clips=count, sync_method=methods.get(clip_id, "none"),
                    duplicate_of=copied.get(clip_id, ("", 0.0))[0], duplicate_correlation=copied.get(clip_id, ("", 0.0))[1])
-        table_rows.append(judge(row, cfg))
+        table_rows.append(judge(row, qa_cfg))
     table = pd.DataFrame(table_rows, columns=QA_COLUMNS)
     table_path = rundir.qa_table(run_dir)
     with files.atomic_path(table_path) as tmp:

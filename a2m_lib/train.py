@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoints, faults, files, rundir
 from .checkpoints import ResumeRefused, TrainingDiverged  # noqa: F401 - raised from here, and caught as train.*
-from .config import Config, load_config, write_run_config
+from .config import Config, TrainConfig, load_config, write_run_config
 from .dataset import ClipDataset, EpochBatches, FeatureCache, collate, speaker_statistics, split_clips
 from .losses import loss_sums, total_loss
 from .model import Audio2Mesh, resolve_device
@@ -142,12 +142,12 @@ def stretch_batch(features: torch.Tensor, target: torch.Tensor, mask: torch.Tens
     return tuple(out)
 
 
-def make_scheduler(optimiser, cfg, total_steps: int):
+def make_scheduler(optimiser, train_cfg: TrainConfig, total_steps: int):
     def factor(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        if cfg.lr_schedule == "cosine":
-            progress = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps)
+        if step < train_cfg.warmup_steps:
+            return (step + 1) / train_cfg.warmup_steps
+        if train_cfg.lr_schedule == "cosine":
+            progress = (step - train_cfg.warmup_steps) / max(1, total_steps - train_cfg.warmup_steps)
             return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
         return 1.0
     return torch.optim.lr_scheduler.LambdaLR(optimiser, factor)

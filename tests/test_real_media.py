@@ -90,7 +90,7 @@ def test_tasks_backend_adds_blendshapes_and_a_metric_pose_free_mesh(tmp_path, cf
     jaw = list(clip["blendshape_names"]).index("jawOpen")
     opening = regions.mouth_opening(clip["mesh"])
     assert np.corrcoef(clip["blendshapes"][:, jaw], opening)[0, 1] > 0.5  # the mesh and the blendshape agree
-    features = neutral.frame_features({"aoc": clip})
+    features = neutral.frame_measures({"aoc": clip})
     assert "blendshape_energy" in features and len(neutral.score_frames(features)) > 0.9 * n_frames
 
 
