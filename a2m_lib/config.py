@@ -69,7 +69,7 @@ class ExtractConfig:
     min_detection_confidence: float = 0.5
     min_tracking_confidence: float = 0.5
     max_side_px: int = 1280  # frames larger than this are downscaled before FaceMesh
-    max_faces: int = 2  # faces tracked; the largest, most central one is used, extra faces are recorded
+    max_faces: int = 2  # faces tracked; with two, the one that speaks is kept (a2m_lib.faces), the other recorded
     max_gap_frames: int = 5  # face-detection gaps up to this long are interpolated; longer gaps end a clip
     segment_min_seconds: float = 3.0  # long videos are cut into clips of these lengths, at speech pauses
     segment_max_seconds: float = 6.0
