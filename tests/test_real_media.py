@@ -126,7 +126,9 @@ def test_per_clip_offsets_agree_with_their_source_on_real_clips(shared_store):
     clips = qa.offset_agreement(table)  # the clips of sources cut into several 3-6 s clips
     assert len(clips) >= 40 and clips.n_frames.max() <= 6 * 30 + 1
     agree = clips.error <= 1
-    assert agree.mean() >= 0.95, clips.loc[~agree, ["clip_id", "clip_offset_frames", "source_offset_frames"]]
+    # Measured 0.957 (44 of 46 clips) in every run (QA is deterministic; benchmarks/sync.py). The bound leaves two
+    # more borderline clips room to move with a code change: a regression costs more than that.
+    assert agree.mean() >= 0.9, clips.loc[~agree, ["clip_id", "clip_offset_frames", "source_offset_frames"]]
     # The confidence means something: the clips that disagree are the unsure ones.
     unsure = clips.clip_confidence < QAConfig().min_offset_confidence
     assert agree[~unsure].mean() >= 0.98 and (~agree).sum() <= unsure.sum()
