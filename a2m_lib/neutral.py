@@ -101,6 +101,9 @@ class ClipsOnDisk(Mapping):
             raise KeyError(clip_id)
         return self._load(clip_id)
 
+    def __contains__(self, clip_id) -> bool:  # without reading the clip (Mapping's default would)
+        return clip_id in self._known
+
     def __iter__(self):
         return iter(self.clip_ids)
 

@@ -64,7 +64,8 @@ class NeutralPicker:
         speakers = sorted(self.clips)
         self.speaker = widgets.Dropdown(options=speakers, description="speaker")
         self.grid = widgets.GridBox(layout=widgets.Layout(grid_template_columns="repeat(2, 490px)"))
-        self.clip = widgets.Dropdown(description="clip")
+        # Type to find a clip (a list the browser filters as you type): a drop-down of 1,000 clips is not usable.
+        self.clip = widgets.Combobox(description="clip", placeholder="type a clip id", ensure_option=True)
         self.slider = widgets.IntSlider(description="frame", min=0, max=0, continuous_update=False)
         self.scrub_image = widgets.Image(format="png")
         self.scrub_button = widgets.Button(description="use this frame", button_style="primary")
@@ -103,7 +104,7 @@ class NeutralPicker:
         self._show_status()
 
     def _show_clip(self) -> None:
-        if self.clip.value is None:
+        if self.clip.value not in self.clips[self.speaker.value]:  # half-typed, or another speaker's
             return
         self.slider.max = len(self.clips[self.speaker.value][self.clip.value]["mesh"]) - 1
         frame = self._scrub_start[1] if self.clip.value == self._scrub_start[0] else 0
@@ -126,6 +127,9 @@ class NeutralPicker:
 
     def choose(self, speaker: str, clip_id: str, frame: int) -> Path:
         """Save this frame as the speaker's neutral now (what the buttons call)."""
+        if clip_id not in self.clips[speaker]:
+            self.status.value = f"<span style='color:red'>'{clip_id}' is not a clip of {speaker}; pick one from the list</span>"
+            raise ValueError(f"'{clip_id}' is not an accepted clip of speaker {speaker}")
         frame_mesh = self.clips[speaker][clip_id]["mesh"][frame]
         if not np.isfinite(frame_mesh).all():
             self.status.value = f"<span style='color:red'>{clip_id}:{frame} has no face; pick another frame</span>"
