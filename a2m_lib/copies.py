@@ -38,6 +38,7 @@ LANDMARK_MAX_GAP = 63            # hops (0.63 s)
 # that overlap 2 s share 69-158 (re-encoded at 48 kbit/s, half the volume, shifted 37 samples; another crop of
 # one video); different clips of one speaker saying the same grammar (GRID s1, 1,000 clips) share at most 15.
 CANDIDATE_MIN_VOTES = 20
+JOIN_PAIRS_PER_PART = 1_000_000  # the join runs in parts of about this many key matches (~50 MB each)
 
 
 def fingerprint(audio: np.ndarray, sample_rate: int) -> tuple[np.ndarray, np.ndarray]:
@@ -70,23 +71,29 @@ def candidate_pairs(prints: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[i
     clips = np.concatenate([np.full(len(k), n, np.int64) for n, (k, _) in enumerate(prints)])
     order = np.argsort(keys, kind="stable")
     keys, times, clips = keys[order], times[order], clips[order]
-    # every pair of entries that share a key (a sort-merge self-join, written with numpy)
+    # every pair of entries that share a key (a sort-merge self-join, written with numpy), in parts by the first
+    # clip of the pair, so that memory stays bounded (a pair's votes all fall in one part)
     first = np.searchsorted(keys, keys, "left")
     counts = np.searchsorted(keys, keys, "right") - first
-    left = np.repeat(np.arange(len(keys)), counts)
-    right = np.repeat(first, counts) + np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-    mine, theirs = clips[left], clips[right]
-    keep = mine < theirs
-    mine, theirs, offset = mine[keep], theirs[keep], (times[right] - times[left])[keep]
     span = 2 * int(times.max(initial=0)) + 3  # offsets -max..max, plus a bin either side
-    code = (mine * len(prints) + theirs) * span + offset + span // 2
-    codes, votes = np.unique(code, return_counts=True)
-    near = votes.copy()  # votes at the offset and its two neighbours: a re-timed copy straddles two hops
-    for step in (-1, 1):
-        at = np.minimum(np.searchsorted(codes, codes + step), len(codes) - 1)
-        same = codes[at] == codes + step
-        near[same] += votes[at[same]]
-    pairs = np.unique(codes[near >= CANDIDATE_MIN_VOTES] // span)
+    n_parts = max(1, int(np.ceil(counts.sum() / JOIN_PAIRS_PER_PART)))
+    found = []
+    for part in range(n_parts):
+        left = np.flatnonzero(clips % n_parts == part)
+        repeats = counts[left]
+        right = np.repeat(first[left], repeats) + np.arange(repeats.sum()) - np.repeat(np.cumsum(repeats) - repeats, repeats)
+        left = np.repeat(left, repeats)
+        mine, theirs = clips[left], clips[right]
+        keep = mine < theirs
+        code = (mine[keep] * len(prints) + theirs[keep]) * span + (times[right] - times[left])[keep] + span // 2
+        codes, votes = np.unique(code, return_counts=True)
+        near = votes.copy()  # votes at the offset and its two neighbours: a re-timed copy straddles two hops
+        for step in (-1, 1):
+            at = np.minimum(np.searchsorted(codes, codes + step), len(codes) - 1)
+            same = codes[at] == codes + step
+            near[same] += votes[at[same]]
+        found.append(np.unique(codes[near >= CANDIDATE_MIN_VOTES] // span))
+    pairs = np.unique(np.concatenate(found))
     return [(int(p // len(prints)), int(p % len(prints))) for p in pairs]
 
 
