@@ -96,19 +96,22 @@ def judge_store(processed, sample_rate: int = 16000) -> int:
     candidates = clips[clips.face_choice.isin(["speaker", "largest"]).to_numpy()]
     if candidates.empty:
         return 0
-    sums: dict[str, tuple] = {}
+    # The equations of every one-face clip, summed; and those of the candidates' own sources, to leave them out
+    # (kept for those sources only: 1 MB each).
+    total, own, skip = None, {}, set(candidates.clip_id)
     for row in clips.itertuples():
-        if row.clip_id in set(candidates.clip_id):
+        if row.clip_id in skip:
             continue
         clip = store.load_clip(processed, row.clip_id, keys=("audio", "mesh"))
         part = sync.normal_equations(*sync.sync_features(clip, sample_rate), 0)  # one-face clips: taken as in sync
-        sums[row.source] = tuple(a + b for a, b in zip(sums[row.source], part)) if row.source in sums else part
-    if not sums:
+        total = part if total is None else tuple(a + b for a, b in zip(total, part))
+        if row.source in set(candidates.source):
+            own[row.source] = tuple(a + b for a, b in zip(own[row.source], part)) if row.source in own else part
+    if total is None:
         return 0
-    total = tuple(sum(part[i] for part in sums.values()) for i in range(3))
     changed = 0
     for row in candidates.itertuples():
-        gram, moment, n_frames = (total[i] - sums[row.source][i] if row.source in sums else total[i] for i in range(3))
+        gram, moment, n_frames = (total[i] - own[row.source][i] if row.source in own else total[i] for i in range(3))
         if n_frames < sync.SYNC_MIN_TRAINING_SECONDS * float(row.fps):
             continue
         clip = store.load_clip(processed, row.clip_id)

@@ -28,36 +28,6 @@ def test_manifest_and_clip_files(processed):
     assert not list(processed.rglob("*.part*")), "no half-written files"
 
 
-@pytest.fixture(scope="module")
-def faulty_store(tmp_path_factory, cfg, synthetic_raw):
-    raw = tmp_path_factory.mktemp("faulty_raw")
-    synth.synth_dataset(raw / "shifted", 1, 2, (4.0, 5.0), seed=11, faults=synth.Faults(audio_offset_frames=6), progress=False)
-    synth.synth_dataset(raw / "dropped", 1, 1, (4.0, 4.0), seed=12, faults=synth.Faults(dropped_frames=6), progress=False)
-    synth.synth_dataset(raw / "noface", 1, 1, (4.0, 4.0), seed=13, faults=synth.Faults(no_face_frames=30), progress=False)
-    synth.synth_dataset(raw / "blink", 1, 1, (4.0, 4.0), seed=14, faults=synth.Faults(no_face_frames=3), progress=False)
-    good = sorted(synthetic_raw.rglob("*.mp4"))[0]  # a clean clip
-    bad = raw / "bad"
-    bad.mkdir()
-    (bad / "notes.mp4").write_text("this is not a video")
-    (bad / "truncated.mp4").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    ffmpeg("-i", good, "-an", "-c:v", "copy", bad / "silent_film.mp4")
-    ffmpeg("-i", good, "-vn", "-c:a", "copy", bad / "audio_only.mp4")
-    ffmpeg("-i", good, "-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono", "-map", "0:v", "-map", "1:a", "-c:v", "copy",
-           "-c:a", "aac", "-shortest", bad / "muted.mp4")
-    ffmpeg("-i", good, "-vf", "drawbox=c=gray:t=fill", "-c:a", "copy", bad / "faceless.mp4")
-    ffmpeg("-i", good, "-t", "0.2", bad / "tiny.mp4")
-    odd = raw / "odd"
-    odd.mkdir()
-    ffmpeg("-i", good, "-ac", "2", "-ar", "48000", "-c:v", "copy", odd / "stereo48k.mp4")
-    ffmpeg("-i", good, "-ac", "2", "-ar", "44100", "-c:v", "copy", odd / "stereo44k.mkv")
-    ffmpeg("-i", good, "-vf", "scale=3840:2160", "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "copy", odd / "uhd.mp4")
-    for name in ("stereo48k", "stereo44k", "uhd"):  # three copies of one recording: a speaker each, or QA fails two as copies
-        (odd / f"{name}.json").write_text(json.dumps({"speaker": f"odd_{name}"}))
-    out = tmp_path_factory.mktemp("faulty_processed")
-    manifest = extract.extract_store(raw, out, cfg.data, cfg.extract, progress=False)
-    return raw, out, manifest, qa.check_store(out, cfg.qa, cfg.data.sample_rate, run_dir=out.parent / f"{out.name}_run")
-
-
 def _by_file(manifest):
     return manifest.set_index(manifest.source.map(os.path.basename))
 
