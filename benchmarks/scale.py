@@ -1,13 +1,14 @@
 """AniPortrait's data size through every stage: wall time, peak memory and items per second of each notebook, for
 100 and 1,000 clips of one speaker (GRID s1, ../shared/eval_media/grid_s1), measured side by side in one run.
 
-    .venv/bin/python benchmarks/scale.py [--sizes 100 1000] [--epochs 3] [--keep]
+    .venv/bin/python benchmarks/scale.py [--sizes 100 1000] [--epochs 3] [--keep] [--stages 02 03]
 
 For each size, data/raw/scale-<n>/s1 links every (1000 / n)-th GRID clip (nothing is copied into the repo), and
 `a2m run --config configs/grid.yaml` runs each notebook on its own (`--only NN`) into data/processed/scale-<n> and
 runs/scale-<n>, so each stage is one process tree to measure. Training runs twice: first computing the frozen
 Whisper features into the store's cache, then again from the cache (-p train.resume=false). Fresh stores and runs
-unless --keep.
+unless --keep. `--keep --stages 02 03` measures those notebooks again on the kept stores (QA's cached
+measurements removed first, so it measures every clip again) and updates their rows in the results file.
 
 Peak memory is the largest proportional set size (PSS: shared pages split between the processes that share them)
 summed over the stage's process tree (the papermill kernel and its workers), sampled every 0.5 s.
@@ -83,7 +84,7 @@ def items(run: Path, processed: Path, notebook: str, epochs: int) -> int:
     return int((splits.split == "test").sum())
 
 
-def one_size(n: int, epochs: int, keep: bool) -> dict:
+def one_size(n: int, epochs: int, keep: bool, only: list[str] | None = None, previous: dict | None = None) -> dict:
     raw, processed, run = (REPO / "data" / "raw" / f"scale-{n}", REPO / "data" / "processed" / f"scale-{n}",
                            REPO / "runs" / f"scale-{n}")
     if not keep:
@@ -93,8 +94,12 @@ def one_size(n: int, epochs: int, keep: bool) -> dict:
         link_raw(raw, n)
     run.mkdir(parents=True, exist_ok=True)
     overrides = [f"data.raw={raw}", f"data.processed={processed}", f"train.epochs={epochs}", "train.validate_every=1"]
-    rows = []
+    rows = list(previous["stages"]) if previous else []
     for name, notebook, extra, unit in STAGES:
+        if only and notebook not in only:
+            continue
+        if notebook == "02":
+            shutil.rmtree(processed / "measurements", ignore_errors=True)  # QA measures every clip, as on a new store
         command = [sys.executable, "-m", "a2m_lib.cli", "run", "--config", str(CONFIG), "--run-dir", str(run), "--only", notebook]
         for override in overrides + extra:
             command += ["-p", override]
@@ -103,7 +108,8 @@ def one_size(n: int, epochs: int, keep: bool) -> dict:
         row["items"] = items(run, processed, notebook, epochs)
         row["items_per_s"] = round(row["items"] / row["seconds"], 2)
         row["ms_per_item"] = round(1000 * row["seconds"] / row["items"], 1)
-        rows.append(row)
+        rows = [old for old in rows if old["stage"] != name]
+        rows.insert([stage for stage, *_ in STAGES].index(name), row)
         print(f"        {row}", flush=True)
     notebooks = {path.name: round(path.stat().st_size / 2 ** 20, 2) for path in sorted((run / "notebooks").glob("*.ipynb"))}
     return dict(clips=n, stages=rows, notebook_mb=notebooks)
@@ -128,12 +134,15 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--keep", action="store_true", help="reuse the stores and runs of an earlier call")
+    parser.add_argument("--stages", nargs="+", default=None, help="with --keep: only these notebooks, e.g. 02 03")
     args = parser.parse_args()
     if not GRID.is_dir():
         raise SystemExit(f"{GRID} not found: this benchmark needs ../shared/eval_media/grid_s1")
-    results = {}
+    if args.stages and not args.keep:
+        raise SystemExit("--stages needs --keep: the other stages' stores and runs must exist")
+    results = json.loads(RESULTS.read_text())["sizes"] if args.stages else {}
     for n in args.sizes:
-        results[str(n)] = one_size(n, args.epochs, args.keep)
+        results[str(n)] = one_size(n, args.epochs, args.keep, args.stages, results.get(str(n)))
         RESULTS.write_text(json.dumps(dict(epochs=args.epochs, sizes=results), indent=1))
     print(table(results))
     for n, result in results.items():
