@@ -3,6 +3,9 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.slow  # the command line end to end: make test-fast skips it
 
 
 def a2m(*args, cwd=None):

@@ -2,8 +2,12 @@
 
 import shutil
 
+import pytest
+
 from a2m_lib import extract, qa
 from tests.conftest import ffmpeg
+
+pytestmark = pytest.mark.slow  # extracts and re-encodes videos: make test-fast skips it
 
 
 def test_a_reencoded_copy_of_a_video_is_failed_naming_the_original(synthetic_raw, tmp_path, cfg):

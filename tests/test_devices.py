@@ -41,6 +41,7 @@ def bf16_run(processed, qa_run, accepted, tmp_path_factory):
     return cfg, run_dir, result
 
 
+@pytest.mark.slow
 def test_bf16_training_keeps_fp32_weights_and_a_finite_loss(bf16_run):
     _, run_dir, result = bf16_run
     assert np.isfinite(result.best_val_loss)
@@ -63,6 +64,7 @@ def _as_if_saved_on_cuda(source: Path, target: Path) -> None:
             new.writestr(item, data)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a CUDA machine the rewritten file would simply load on it")
 def test_a_checkpoint_written_on_a_gpu_loads_on_the_cpu(bf16_run, tmp_path):
     _, run_dir, _ = bf16_run

@@ -84,6 +84,7 @@ def test_whisper_features_are_cached_once_per_clip_and_read_back(whisper, tmp_pa
     assert first.dtype == np.float16 and first.shape == (45, 5 * 384)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["tiny.en", "base"])
 def test_the_torch_whisper_encoder_equals_ctranslate2(name, tmp_path):
     """The packaged weights mapped into transformers' WhisperEncoder give CTranslate2's own encoder output: max
@@ -107,6 +108,7 @@ def test_the_torch_whisper_encoder_equals_ctranslate2(name, tmp_path):
     assert whisper_weights.load_whisper(str(tmp_path))[1] == whisper_weights.PACKAGED[name]["sha256"]
 
 
+@pytest.mark.slow
 def test_long_audio_is_encoded_in_windows_and_stitched(whisper):
     """A 20 s recording in 8 s windows every 4 s (WINDOW_SECONDS, WINDOW_HOP) against one window of 20 s.
 
@@ -131,6 +133,7 @@ def test_long_audio_is_encoded_in_windows_and_stitched(whisper):
     torch.testing.assert_close(windowed[300:420], piece[60:180], atol=2e-3, rtol=2e-3)
 
 
+@pytest.mark.slow
 def test_a_three_minute_recording_is_predicted(whisper):
     model = Audio2Mesh(ModelConfig(encoder="whisper", pretrained="tiny.en", **SMALL), audio_encoder=whisper).eval()
     torch.nn.init.normal_(model.out_fn.weight, std=0.01)

@@ -84,6 +84,7 @@ def trained_run(processed, qa_run, accepted, tmp_path_factory):
     return run_dir, cfg
 
 
+@pytest.mark.slow
 def test_evaluation_writes_predictions_then_metrics_and_renders(trained_run):
     run_dir, cfg = trained_run
     result = evaluate.evaluate(cfg, run_dir, progress=False)
@@ -105,6 +106,7 @@ def _a2m(*args):
     return subprocess.run([sys.executable, "-m", "a2m_lib.cli", *map(str, args)], capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_predict_reads_any_audio_and_says_what_is_wrong(trained_run, synthetic_raw, tmp_path):
     run_dir, _ = trained_run
     source = sorted(synthetic_raw.rglob("*.mp4"))[0]
@@ -143,6 +145,7 @@ def test_long_audio_in_windows_has_no_seam():
     assert difference.mean() < 0.01 and difference.max() < 0.25
 
 
+@pytest.mark.slow
 def test_export_loads_strictly_into_aniportraits_layout(trained_run, tmp_path):
     run_dir, _ = trained_run
     settings = predict.export_aniportrait(run_dir, tmp_path / "export")
@@ -166,6 +169,7 @@ def test_export_loads_strictly_into_aniportraits_layout(trained_run, tmp_path):
         predict.export_aniportrait(mel_run, tmp_path / "no")
 
 
+@pytest.mark.slow
 def test_evaluate_on_another_store_from_the_command_line(trained_run, processed):
     run_dir, _ = trained_run
     result = _a2m("evaluate", run_dir, "--data", processed)

@@ -11,6 +11,8 @@ import pytest
 from a2m_lib import audio_frames, extract, media, mesh, qa, regions, store, synth
 from tests.conftest import ffmpeg
 
+pytestmark = pytest.mark.slow  # extraction end to end on synthetic and odd videos: make test-fast skips it
+
 
 def test_manifest_and_clip_files(processed):
     manifest = pd.read_csv(processed / "manifest.csv", keep_default_na=False)

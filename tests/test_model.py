@@ -183,6 +183,7 @@ def test_shared_model_is_safetensors_and_json(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), tiny.state_dict().values()))
 
 
+@pytest.mark.slow
 def test_a_crafted_checkpoint_is_refused_by_every_loader_and_runs_nothing(tmp_path, processed, qa_run, accepted):
     marker = tmp_path / "pwned"
     tiny = _tiny_model()

@@ -5,6 +5,8 @@ import pytest
 
 from a2m_lib import neutral, picker, rundir, store
 
+pytestmark = pytest.mark.slow  # needs an extracted store: make test-fast skips it
+
 
 def _truth_for(synthetic_raw, clip_id):
     speaker, stem = clip_id.split("__")

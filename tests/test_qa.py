@@ -9,6 +9,8 @@ import pytest
 from a2m_lib import config, files, neutral, qa, rundir, runner, store, train
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.slow  # needs an extracted store: make test-fast skips it
+
 
 def test_clean_clips_pass_qa(qa_run):
     table = pd.read_csv(qa_run / "qa.csv", keep_default_na=False)

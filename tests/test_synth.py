@@ -1,10 +1,12 @@
 """a2m_lib.synth: synthetic talking heads that MediaPipe tracks, with their ground truth and faults."""
 
 import numpy as np
+import pytest
 
 from a2m_lib import media, mesh, regions, synth, trackers
 
 
+@pytest.mark.slow
 def test_mediapipe_finds_the_face_in_at_least_99_percent_of_frames(synthetic_raw):
     found = total = 0
     for path in sorted(synthetic_raw.rglob("*.mp4"))[:4]:
@@ -16,6 +18,7 @@ def test_mediapipe_finds_the_face_in_at_least_99_percent_of_frames(synthetic_raw
     assert found / total >= 0.99
 
 
+@pytest.mark.slow
 def test_clip_has_matching_audio_video_and_ground_truth(synthetic_raw):
     path = sorted(synthetic_raw.rglob("*.mp4"))[0]
     truth = np.load(path.with_suffix(".gt.npz"), allow_pickle=True)

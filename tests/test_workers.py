@@ -4,6 +4,8 @@ import os
 import shutil
 import sys
 
+import pytest
+
 from a2m_lib import extract, workers
 
 
@@ -28,6 +30,7 @@ def test_core_groups_give_each_worker_its_own_cpus(monkeypatch):
     assert workers.core_groups(5) == [{4}, {5}, {6}, {7}, {4}]
 
 
+@pytest.mark.slow
 def test_tracking_and_decoding_get_their_own_cpus_and_the_caller_gets_its_own_back(monkeypatch, synthetic_raw, tmp_path, cfg):
     before = os.sched_getaffinity(0)
     source = sorted(synthetic_raw.rglob("*.mp4"))[4]
