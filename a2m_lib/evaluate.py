@@ -1,7 +1,10 @@
 """Stage 05: predictions on held-out clips first, then the field's metrics against hard baselines.
 
     result = evaluate.evaluate(cfg, run_dir)                       # split, checkpoint, device: cfg.evaluate
-    summary = evaluate.score(rundir.predictions(run_dir), ...)          # metrics again from the files, no model
+    summary = evaluate.score(rundir.predictions(run_dir), ...)     # metrics again from the files, no model
+
+`cfg` is the run's config (config.run_config): the data, QA shift and evaluation settings come from it. The
+model's own settings (encoder, sizes, speakers) come from the checkpoint, which describes what was trained.
 
 1. `predict_clips` writes RUN_DIR/predictions/<clip_id>.npz (PREDICTION_KEYS): the model's and the truth's
    absolute meshes, the reference used, fps, and the baselines' meshes, all on the clip's valid frames. Each
