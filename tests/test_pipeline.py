@@ -72,9 +72,12 @@ def test_the_model_beats_the_baselines_and_notebook_05_shows_renders(demo_run):
     run_dir, _, _ = demo_run
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["split"] == "test" and metrics["n_clips"] >= 2
+    # Bounds from this run with seeds 0, 1 and 2 (2026-11-30; the seed also changes the split): LVE 0.38-0.43 x the
+    # neutral baseline's, mouth correlation 0.938-0.953, motion ratio 0.88-0.93. Each bound sits 3-10 seed
+    # spreads outside that range: noise does not cross it, a model that stops following the audio does.
     assert metrics["model"]["lve"] <= 0.5 * metrics["baselines"]["neutral"]["lve"], metrics
     assert metrics["model"]["lve"] < metrics["baselines"]["mean_offset"]["lve"] and not metrics["failures"], metrics["failures"]
-    assert metrics["model"]["mouth_corr"] > 0.8 and 0.5 < metrics["model"]["motion_ratio"] < 1.5
+    assert metrics["model"]["mouth_corr"] > 0.85 and 0.7 < metrics["model"]["motion_ratio"] < 1.3, metrics["model"]
     assert len(list((run_dir / "predictions").glob("*.npz"))) == metrics["n_clips"]
     book = nbformat.read(run_dir / "notebooks" / "05_evaluate.ipynb", as_version=4)
     videos = [o for c in book.cells for o in c.get("outputs", []) if "<video" in str(o.get("data", {}).get("text/html", ""))]
