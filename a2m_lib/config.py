@@ -27,6 +27,7 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from . import files, rundir
 from .files import PROJECT_ROOT, project_path
 
 
@@ -303,8 +304,6 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] | Mappi
 
 def write_run_config(cfg: Config, run_dir: str | Path) -> Path:
     """Write the run's resolved config (the hand-off every stage reads)."""
-    from . import files, rundir
-
     return files.write_text(rundir.config(project_path(run_dir)), yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
@@ -312,8 +311,6 @@ def run_config(run_dir: str | Path, start_from: str | Path | None = None,
                overrides: Iterable[str] | Mapping[str, Any] | None = None) -> Config:
     """The run's config: run_dir/config.yaml. A run folder without one starts here: `start_from` with `overrides`
     is resolved and written there first (a notebook opened by hand before `a2m run`)."""
-    from . import rundir
-
     path = rundir.config(project_path(run_dir))
     if path.exists():
         return load_config(path)

@@ -88,8 +88,9 @@ def centre(landmarks: np.ndarray) -> str:
 
 
 def judge_store(processed, sample_rate: int = 16000) -> int:
-    """Step 2 over a store (module docstring): rewrites the clips whose other face speaks, and the source records
-    of every candidate clip; returns how many clips changed face. The caller rebuilds the manifest."""
+    """Step 2 over a store (module docstring): rewrites the clips whose other face speaks, and the records of the
+    candidate clips whose verdict changed; returns how many clips changed face. The caller rebuilds the manifest.
+    Run after every extraction (a resumed one too), it writes nothing when the verdicts stand."""
     processed = Path(processed)
     manifest = store.read_manifest(processed)
     clips = manifest[(manifest.status == "ok") & manifest.clip_id.astype(str).ne("")]
@@ -98,14 +99,14 @@ def judge_store(processed, sample_rate: int = 16000) -> int:
         return 0
     # The equations of every one-face clip, summed; and those of the candidates' own sources, to leave them out
     # (kept for those sources only: 1 MB each).
-    total, own, skip = None, {}, set(candidates.clip_id)
+    total, own, skip, candidate_sources = None, {}, set(candidates.clip_id), set(candidates.source)
     for row in clips.itertuples():
         if row.clip_id in skip:
             continue
         clip = store.load_clip(processed, row.clip_id, keys=("audio", "mesh"))
         part = sync.normal_equations(*sync.sync_features(clip, sample_rate), 0)  # one-face clips: taken as in sync
         total = part if total is None else tuple(a + b for a, b in zip(total, part))
-        if row.source in set(candidates.source):
+        if row.source in candidate_sources:
             own[row.source] = tuple(a + b for a, b in zip(own[row.source], part)) if row.source in own else part
     if total is None:
         return 0
@@ -130,13 +131,16 @@ def judge_store(processed, sample_rate: int = 16000) -> int:
             kept, other = other, kept
             changed += 1
         face, why = _verdict(kept, other, kept - other >= STORE_MIN_MARGIN, "store")
-        meta = dict(clip.pop("meta"), **face, face_centre=centre(clip["landmarks_image"]),
+        before = clip.pop("meta")
+        meta = dict(before, **face, face_centre=centre(clip["landmarks_image"]),
                     interpolated_frames=int(clip["interpolated"].sum()))
         meta["reason"] = "; ".join([note(meta, why)] + [  # the other notes (damaged packets) stay
             part for part in str(meta["reason"]).split("; ")
             if part and "showed several faces" not in part and not part.startswith("kept the face at")])
-        store.save_clip(processed, row.clip_id, clip, meta)
-        _update_record(processed, meta)
+        if swap or any(meta[key] != before.get(key) for key in ("face_choice", "face_sync_score",
+                                                                 "other_face_sync_score", "face_judge", "reason")):
+            store.save_clip(processed, row.clip_id, clip, meta)  # judged as before: nothing is written again
+            _update_record(processed, meta)
     return changed
 
 

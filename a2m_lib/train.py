@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import checkpoints, faults, files, rundir
-from .checkpoints import ResumeRefused, TrainingDiverged  # noqa: F401 - raised from here, and caught as train.*
+from .checkpoints import ResumeRefused, TrainingDiverged  # noqa: F401 - callers catch them as train.ResumeRefused / train.TrainingDiverged
 from .config import Config, TrainConfig, load_config, write_run_config
 from .dataset import ClipDataset, EpochBatches, FeatureCache, collate, speaker_statistics, split_clips
 from .losses import loss_sums, total_loss
