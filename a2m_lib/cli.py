@@ -1,4 +1,7 @@
-"""The `a2m` command line: run, demo, synth, extract, qa, train, evaluate, predict, export-aniportrait."""
+"""The `a2m` command line: run, demo, synth, extract, merge, qa, train, evaluate, predict, export-aniportrait.
+
+Every command that acts on a run names it with --run-dir and reads its config.yaml (config.command_config): a run
+without one starts from --config and -p, which are written there; a run with one is not changed by them."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +12,7 @@ import time
 from pathlib import Path
 
 from . import rundir
-from .config import ConfigError, load_config
+from .config import ConfigError, NeutralChoice, command_config, load_config
 
 
 def _stage_of(text: str) -> str:
@@ -45,7 +48,7 @@ def _print_record(record: dict) -> None:
 def cmd_train(args) -> int:
     from . import train
 
-    cfg = load_config(args.config, args.param)
+    cfg = command_config(args.run_dir, args.config, args.param)
     result = train.train(cfg, args.run_dir)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"best epoch {result.best_epoch}, val L1 {result.best_val_loss:.4f}, {result.seconds:.0f} s on {result.device}")
@@ -56,28 +59,32 @@ def cmd_evaluate(args) -> int:
     from . import evaluate, neutral, qa
 
     run_dir = Path(args.run_dir)
-    cfg = load_config(rundir.config(run_dir) if rundir.config(run_dir).exists() else args.config, args.param)
+    cfg = command_config(run_dir, args.config, args.param)
     data_run = None
     if args.data:  # another clip store: its own QA decisions and neutrals, kept inside this run
-        data_run = run_dir / f"eval_{Path(args.data).name}"
+        data_run = rundir.other_store(run_dir, args.data)
         qa.check_store(args.data, cfg.qa, cfg.data.sample_rate, run_dir=data_run)
-        neutral.resolve(args.data, rundir.accepted_clips(data_run), "auto", data_run)
+        neutral.choose(data_run, neutral.Ranking(args.data, rundir.accepted_clips(data_run)), NeutralChoice.parse("auto"))
     result = evaluate.evaluate(cfg, run_dir, split=args.split, checkpoint=args.checkpoint, data=args.data, data_run=data_run)
     print(evaluate.report(result.summary))
-    print(f"predictions in {result.predictions}; metrics in {result.predictions.parent / 'metrics.json'}")
+    print(f"predictions in {result.predictions}; metrics in {rundir.metrics(data_run or run_dir)}")
+    if args.render and data_run is None:
+        for label, video in evaluate.render_clips(result, cfg, run_dir).items():
+            print(f"{label} clip rendered: {video}")
     return 0
 
 
 def cmd_predict(args) -> int:
     from . import predict
 
-    inputs = predict.prepare(args.run, args.checkpoint, args.neutral, args.speaker, args.reference)
+    inputs = predict.prepare(args.run_dir, args.checkpoint, args.neutral, args.speaker, args.reference, args.articulation)
     if args.fps:
         inputs.fps = args.fps
     result = predict.predict_audio(audio_path=args.audio, out_path=args.out, smooth_frames=args.smooth,
                                    video_path=args.video, **vars(inputs))
     print(f"{result.path}: {len(result.verts)} frames at {result.fps:g} fps from {result.audio_seconds:.1f} s of audio "
-          f"in {result.seconds:.2f} s (real-time factor {result.real_time_factor:.0f}x)")
+          f"in {result.seconds:.2f} s (real-time factor {result.real_time_factor:.0f}x), articulation gain "
+          f"{inputs.articulation:g}")
     return 0
 
 
@@ -99,11 +106,11 @@ def cmd_demo(args) -> int:
     record = runner.run(runner.REPO_ROOT / "configs" / "demo.yaml", args.run_dir, args.param)
     _print_record(record)
     metrics_path = rundir.metrics(args.run_dir)
-    metrics = json.loads(metrics_path.read_text())
+    metrics = json.loads(metrics_path.read_text())  # what notebook 05 wrote
     model_lve, neutral_lve = metrics["model"]["lve"], metrics["baselines"]["neutral"]["lve"]
     print(f"[a2m] demo done in {time.time() - started:.0f} s. Held-out lip vertex error: model {model_lve:.3f}, "
           f"neutral baseline {neutral_lve:.3f} (ratio {model_lve / neutral_lve:.2f}). See {metrics_path} and "
-          f"{Path(args.run_dir) / 'notebooks' / '05_evaluate.ipynb'}")
+          f"{rundir.notebooks(args.run_dir) / '05_evaluate.ipynb'}")
     return 0
 
 
@@ -133,8 +140,7 @@ def cmd_merge(args) -> int:
     from . import faces, store
 
     store.merge_stores(args.shards, args.out)
-    faces.judge_store(args.out)  # a shard's clips with two faces are judged again by the whole store's sync model
-    manifest = store.write_manifest(args.out)
+    manifest = faces.finalise_store(args.out)  # the whole store's sync model judges two faces, at the store's audio rate
     print(f"{args.out}: {len(manifest)} clips from {manifest.source.nunique()} sources, merged from {len(args.shards)} shard(s)")
     return 0
 
@@ -142,11 +148,8 @@ def cmd_merge(args) -> int:
 def cmd_qa(args) -> int:
     from . import qa
 
-    from .files import project_path
-
-    cfg = load_config(args.config, args.param)
-    run_dir = Path(args.run_dir) if args.run_dir else project_path(Path("runs") / cfg.name)
-    report = qa.check_store(args.processed, cfg.qa, cfg.data.sample_rate, run_dir=run_dir)
+    cfg = command_config(args.run_dir, args.config, list(args.param) + [f"data.processed={Path(args.processed).resolve()}"])
+    report = qa.check_store(cfg.data.processed, cfg.qa, cfg.data.sample_rate, run_dir=args.run_dir)
     print(report.table.to_string(index=False))
     print(f"{len(report.accepted)} of {len(report.table)} clips pass; decisions in {report.table_path}")
     return 0
@@ -169,35 +172,40 @@ def build_parser() -> argparse.ArgumentParser:
     stages.add_argument("--only", type=_stage_of, help="re-run only this stage, e.g. 05")
     run.set_defaults(func=cmd_run)
 
-    train = with_params(commands.add_parser(
-        "train", help="train in RUN_DIR (its qa.csv and neutral/ come from notebooks 02-03); runs under torchrun"))
-    train.add_argument("--config", required=True)
-    train.add_argument("--run-dir", required=True)
+    def on_a_run(sub, required: bool = True):
+        sub.add_argument("--run-dir", required=required, help="the run: runs/<id> (its config is what the command reads)")
+        sub.add_argument("--config", default=None, help="a run without a config of its own starts from this one (and -p)")
+        return with_params(sub)
+
+    train = on_a_run(commands.add_parser(
+        "train", help="train the run (its QA decisions and neutrals come from notebooks 02-03); runs under torchrun"))
     train.set_defaults(func=cmd_train)
 
-    evaluate = with_params(commands.add_parser("evaluate", help="predictions and metrics for a trained run"))
-    evaluate.add_argument("run_dir")
+    evaluate = on_a_run(commands.add_parser("evaluate", help="predictions, metrics and renders for a trained run"))
     evaluate.add_argument("--split", default=None, help="test | val | train (default evaluate.split)")
     evaluate.add_argument("--checkpoint", default=None, help="best | last (default evaluate.checkpoint)")
     evaluate.add_argument("--data", default=None, help="evaluate on every accepted clip of another clip store")
-    evaluate.add_argument("--config", default=None, help="only if RUN_DIR has no config.yaml")
+    evaluate.add_argument("--no-render", dest="render", action="store_false", help="skip the best/median/worst videos")
     evaluate.set_defaults(func=cmd_evaluate)
 
     predict = commands.add_parser("predict", help="meshes for new audio (any file ffmpeg reads)")
     predict.add_argument("audio")
-    predict.add_argument("--run", default=None, help="a trained run: its best checkpoint and neutrals")
+    predict.add_argument("--run-dir", default=None, help="a trained run: its config, checkpoint, neutrals and gain")
     predict.add_argument("--checkpoint", default=None, help="a checkpoint or save_pretrained folder (with --neutral)")
-    predict.add_argument("--neutral", default=None, help="a neutral .npz (runs/<id>/neutral/<speaker>.npz)")
+    predict.add_argument("--neutral", default=None, help="a neutral .npz (a run's neutral file of the speaker)")
     predict.add_argument("--speaker", default=None)
     predict.add_argument("--reference", default=None, help="CLIP:FRAME of the run's store as the reference face")
     predict.add_argument("--out", required=True, help="OUT.npz: verts (T, V, 3), fps")
     predict.add_argument("--video", default=None, help="also render OUT.mp4 with the audio")
     predict.add_argument("--smooth", type=int, default=0, help="Savitzky-Golay window in frames (0: none)")
     predict.add_argument("--fps", type=float, default=None, help="default: the run's data.fps")
+    predict.add_argument("--articulation", type=float, default=None,
+                         help="gain on the movement around its mean (default: the run's fitted gain for the speaker; 1 "
+                              "= as trained)")
     predict.set_defaults(func=cmd_predict)
 
     export = commands.add_parser("export-aniportrait", help="the model as AniPortrait's audio2mesh.pt + inference yaml")
-    export.add_argument("run_dir")
+    export.add_argument("--run-dir", required=True)
     export.add_argument("out_dir")
     export.add_argument("--checkpoint", default="best")
     export.set_defaults(func=cmd_export)
@@ -235,10 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--out", required=True, help="the merged clip store, e.g. data/processed/NAME")
     merge.set_defaults(func=cmd_merge)
 
-    qa = with_params(commands.add_parser("qa", help="alignment QA of a clip store -> RUN_DIR/qa.csv"))
-    qa.add_argument("processed")
-    qa.add_argument("--config", default=None)
-    qa.add_argument("--run-dir", default=None, help="the run the decisions belong to (default runs/<config name>)")
+    qa = on_a_run(commands.add_parser("qa", help="alignment QA of a clip store -> the run's QA table"))
+    qa.add_argument("processed", help="the clip store (the run's data.processed)")
     qa.set_defaults(func=cmd_qa)
     return parser
 

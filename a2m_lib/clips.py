@@ -17,7 +17,7 @@ class ExtractionError(RuntimeError):
     """A source file that yields no clip; the message says why."""
 
 
-def plan_clips(found: np.ndarray, energy: np.ndarray, fps: float, cfg: ExtractConfig) -> tuple[list, list]:
+def plan_clips(found: np.ndarray, energy: np.ndarray, fps: float, extract_cfg: ExtractConfig) -> tuple[list, list]:
     """Where clips start and end, in frames: ([(start, end)], [(start, end, reason)] of skipped pieces).
 
     Face tracks are split at gaps longer than max_gap_frames. A track longer than segment_max_seconds
@@ -26,13 +26,13 @@ def plan_clips(found: np.ndarray, energy: np.ndarray, fps: float, cfg: ExtractCo
     videos shorter than segment_min_seconds are skipped with a reason.
     """
     n_frames = len(found)
-    min_frames = int(round(cfg.segment_min_seconds * fps))
-    max_frames = int(round(cfg.segment_max_seconds * fps))
+    min_frames = int(round(extract_cfg.segment_min_seconds * fps))
+    max_frames = int(round(extract_cfg.segment_max_seconds * fps))
     found_at = np.flatnonzero(found)
     runs, skipped = [], []
     start = found_at[0]
     for before, after in zip(found_at[:-1], found_at[1:]):
-        if after - before - 1 > cfg.max_gap_frames:
+        if after - before - 1 > extract_cfg.max_gap_frames:
             runs.append((start, before + 1))
             skipped.append((before + 1, after, f"no face for {after - before - 1} frames (> extract.max_gap_frames)"))
             start = after
@@ -52,7 +52,7 @@ def plan_clips(found: np.ndarray, energy: np.ndarray, fps: float, cfg: ExtractCo
             clips.append((position, run_end))
         else:
             skipped.append((position, run_end, f"{(run_end - position) / fps:.2f} s piece is shorter than "
-                                               f"extract.segment_min_seconds={cfg.segment_min_seconds}"))
+                                               f"extract.segment_min_seconds={extract_cfg.segment_min_seconds}"))
     return [(int(a), int(b)) for a, b in clips], [(int(a), int(b), reason) for a, b, reason in skipped]
 
 
@@ -71,10 +71,10 @@ def interpolate_gaps(landmarks: np.ndarray, found: np.ndarray) -> tuple[np.ndarr
     return filled, interpolated
 
 
-def pose_reference(cfg: ExtractConfig, n_points: int) -> np.ndarray:
+def pose_reference(extract_cfg: ExtractConfig, n_points: int) -> np.ndarray:
     """The mesh every frame is aligned to: the user's canonical model if given, else the built-in one."""
-    if cfg.canonical_model:
-        return mesh.load_canonical_model(cfg.canonical_model, n_points)
+    if extract_cfg.canonical_model:
+        return mesh.load_canonical_model(extract_cfg.canonical_model, n_points)
     return mesh.reference_mesh()[:n_points]
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -35,7 +36,11 @@ class ConfigError(ValueError):
     """A configuration key or value that cannot be used."""
 
 
-def _check(ok: bool, key: str, value: Any, expected: str) -> None:
+class ConfigRenamed(UserWarning):
+    """A config (a file, an override or a saved model's) uses a key that has moved; it still loads."""
+
+
+def check(ok: bool, key: str, value: Any, expected: str) -> None:
     if not ok:
         raise ConfigError(f"config key '{key}' is {value!r}; expected {expected}")
 
@@ -58,7 +63,7 @@ class DataConfig:
     train_minutes: float = 0.0  # > 0: each speaker trains on at most this much footage; held-out clips unchanged
 
     def __post_init__(self):
-        _check(self.split_by in ("clip", "speaker"), "data.split_by", self.split_by, "clip or speaker")
+        check(self.split_by in ("clip", "speaker"), "data.split_by", self.split_by, "clip or speaker")
 
 
 @dataclass
@@ -90,50 +95,89 @@ class QAConfig:
     align_in_tolerance: bool = True  # a confidently measured offset within max_offset_frames is corrected too
 
 
+@dataclass(frozen=True)
+class NeutralChoice:
+    """neutral.neutral, parsed once (a2m_lib.neutral.choose acts on it; the picker makes `frame` choices):
+
+        auto                  the best-ranked frame per speaker (a frame picked by hand is kept)
+        mean-closed           the mean of the speaker's best-ranked 5% of frames
+        "<clip_id>:<frame>"   that frame, for the clip's speaker
+        path/to/neutral.npz   a saved neutral (its speaker key says whose)
+    """
+
+    kind: str  # auto | mean-closed | frame | file
+    clip_id: str = ""
+    frame: int = -1
+    path: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> "NeutralChoice":
+        text = str(text).strip()
+        if text in ("auto", "mean-closed"):
+            return cls(text)
+        if text.endswith(".npz"):
+            return cls("file", path=text)
+        clip_id, colon, frame = text.rpartition(":")
+        if colon and clip_id and frame.strip().isdigit():
+            return cls("frame", clip_id=clip_id, frame=int(frame))
+        raise ConfigError(f"config key 'neutral.neutral' is {text!r}; expected auto, mean-closed, '<clip_id>:<frame>' "
+                          f"(a frame number) or the path of a neutral .npz")
+
+    @classmethod
+    def picked(cls, clip_id: str, frame: int) -> "NeutralChoice":
+        """A frame chosen by hand in the picker."""
+        return cls("frame", clip_id=clip_id, frame=int(frame))
+
+    def __str__(self) -> str:
+        return {"frame": f"{self.clip_id}:{self.frame}", "file": self.path}.get(self.kind, self.kind)
+
+
 @dataclass
 class NeutralConfig:
-    neutral: str = path_field("auto")  # auto | "<clip_id>:<frame>" | path/to/neutral.npz | mean-closed
+    neutral: str = path_field("auto", "neutral")  # a NeutralChoice: auto | "<clip_id>:<frame>" | path.npz | mean-closed
     top_k: int = 12  # candidates shown in the ranked table
 
+    def __post_init__(self):
+        NeutralChoice.parse(self.neutral)  # checked here; a2m_lib.neutral.choose parses it when it acts on it
 
-# The audio encoders (a2m_lib.encoders.ENCODERS, one class each); a new encoder adds its name here.
-ENCODER_KINDS = ("mel", "scratch", "wav2vec2", "whisper")
-# Keys renamed since a release, for a clear message when an old config or saved model uses them.
-RENAMED = {"model.mel_hidden": "model.conv_hidden", "model.mel_layers": "model.conv_layers",
-           "model.mel_kernel": "model.conv_kernel"}
+
+# Keys that moved to another section; the old spelling still loads, with a ConfigRenamed warning naming the new key.
+# (Old flat encoder keys, model.pretrained and the like, move into model.encoder_options: see _migrate.)
+MOVED = {"train.reference": "model.reference"}
 
 
 @dataclass
 class ModelConfig:
-    encoder: str = "wav2vec2"  # mel | scratch | wav2vec2 | whisper (a2m_lib.encoders; the README says which when)
-    # the encoder's weights: wav2vec2: hub id or local folder (default facebook/wav2vec2-base-960h); whisper:
-    # tiny.en | base (installed with a2m), a faster-whisper or transformers folder, or a hub id (default tiny.en)
-    pretrained: str = path_field("", "if_exists")
-    freeze_feature_encoder: bool = True  # wav2vec2/scratch: AniPortrait freezes the CNN (its output is then cached)
-    only_last_features: bool = True  # wav2vec2/scratch: last hidden state (AniPortrait's inference config); False: mean of all
-    whisper_layers: str = "weighted"  # whisper: weighted (a learned mix of every layer's state) | last
-    finetune_layers: int = 0  # whisper: the top layers trained with the head (0: the encoder is frozen)
+    encoder: str = "wav2vec2"  # mel | scratch | wav2vec2 | whisper: a2m_lib.encoders (the README says which when)
+    # the encoder's own settings, checked by its Options class (a2m_lib/encoders/<module>.py) and written out in full:
+    # pretrained weights, layers, head sizes, ...
+    encoder_options: dict = field(default_factory=dict)
     latent_dim: int = 512
     n_vertices: int = 468
+    # what the predicted offsets are measured from: neutral (the speaker's neutral mesh) | random_frame (a frame of
+    # the speaker, which the model also receives: a dynamic reference)
+    reference: str = "neutral"
     speaker_embedding: bool = False  # a learned vector per training speaker added to the latent (FaceFormer's style)
     speaker_normalisation: bool = False  # outputs = speaker's mean offset + speaker's spread x head (see model.py)
-    # Sizes of the "scratch" encoder (a small Wav2Vec2 trained from random weights, for offline runs).
-    scratch_hidden: int = 128
-    scratch_layers: int = 2
-    scratch_conv_channels: int = 64
-    mel_bands: int = 80  # mel: librosa log-mel bands at the video frame rate
-    # The temporal convolution head of the mel and whisper encoders.
-    conv_hidden: int = 256
-    conv_layers: int = 4  # residual dilated convolutions, dilation 1, 2, 4, ...
-    conv_kernel: int = 5  # receptive field: 1 + (kernel - 1) * (2^layers - 1) frames
-    dropout: float = 0.0  # convolution head and latent dropout
 
     def __post_init__(self):
-        hint = (f"{', '.join(ENCODER_KINDS)} (a hub id or folder goes in model.pretrained)"
-                if "/" in self.encoder else ", ".join(ENCODER_KINDS))
-        _check(self.encoder in ENCODER_KINDS, "model.encoder", self.encoder, hint)
-        _check(self.whisper_layers in ("weighted", "last"), "model.whisper_layers", self.whisper_layers, "weighted or last")
-        _check(self.finetune_layers >= 0, "model.finetune_layers", self.finetune_layers, "a whole number >= 0")
+        from .encoders import REGISTRY  # imported when used: torch and transformers load with it
+
+        kinds = ", ".join(sorted(REGISTRY))
+        check(self.encoder in REGISTRY, "model.encoder", self.encoder,
+              f"{kinds} (a hub id or folder goes in model.encoder_options.pretrained)" if "/" in self.encoder else kinds)
+        check(isinstance(self.encoder_options, Mapping), "model.encoder_options", self.encoder_options,
+              "a mapping of the encoder's options")
+        known = {f.name for f in dataclasses.fields(REGISTRY[self.encoder].Options)}
+        foreign = sorted(set(self.encoder_options) - known)
+        if foreign and all(any(key in {f.name for f in dataclasses.fields(cls.Options)} for cls in REGISTRY.values())
+                           for key in foreign):  # another encoder's options: model.encoder changed, its options did not
+            raise ConfigError(f"model.encoder_options has {', '.join(foreign)}, which the {self.encoder} encoder does not "
+                              f"take (its options: {', '.join(sorted(known))}); when you change model.encoder, give that "
+                              f"encoder's options, or start from its defaults with -p model.encoder_options={{}}")
+        options = _build(REGISTRY[self.encoder].Options, self.encoder_options, "model.encoder_options.")
+        self.encoder_options = dataclasses.asdict(options)
+        check(self.reference in ("neutral", "random_frame"), "model.reference", self.reference, "neutral or random_frame")
 
 
 @dataclass
@@ -146,9 +190,12 @@ class TrainConfig:
     weight_decay: float = 0.0
     whole_clip_fraction: float = 0.5  # share of samples that are whole clips; the rest are sub-clips
     min_subclip_frames: int = 10
-    reference: str = "neutral"  # neutral: targets mesh - neutral | random_frame: mesh - a random frame of the speaker
+    # the loss terms (a2m_lib.losses says each one's meaning):
     velocity_weight: float = 0.0  # + weight x L1 of frame-to-frame differences
     lip_weight: float = 0.0  # + weight x L1 on the lip vertices
+    lip_gap_weight: float = 0.0  # + weight x L1 on the upper-to-lower lip distances and the mouth's widths
+    closure_weight: float = 0.0  # closure frames (the lowest 20% of the inner-lip gap) count 1 + this in the lip terms
+    motion_std_weight: float = 0.0  # + weight x L1 between predicted and true std over time of each lip coordinate
     silence_weight: float = 0.0  # + weight x predicted motion in silent frames (stillness)
     augment: bool = False  # training-time noise, tilt and a masked band on cached frame features (made for log-mel)
     stretch: float = 0.0  # tempo augmentation: each sample resampled in time by a factor exp(U(-stretch, stretch))
@@ -165,13 +212,13 @@ class TrainConfig:
     resume: bool = True  # continue an interrupted run (same training config and split); False: start afresh
 
     def __post_init__(self):
-        _check(self.reference in ("neutral", "random_frame"), "train.reference", self.reference, "neutral or random_frame")
-        _check(self.precision in ("auto", "bf16", "fp32"), "train.precision", self.precision, "auto, bf16 or fp32")
-        _check(self.lr_schedule in ("constant", "cosine"), "train.lr_schedule", self.lr_schedule, "constant or cosine")
-        for key in ("velocity_weight", "lip_weight", "silence_weight", "weight_decay", "collapse_ratio", "stretch"):
-            _check(getattr(self, key) >= 0, f"train.{key}", getattr(self, key), "a number >= 0")
-        _check(0 <= self.whole_clip_fraction <= 1, "train.whole_clip_fraction", self.whole_clip_fraction, "0 to 1")
-        _check(self.min_subclip_frames >= 1 and self.processes >= 1, "train.min_subclip_frames/processes",
+        check(self.precision in ("auto", "bf16", "fp32"), "train.precision", self.precision, "auto, bf16 or fp32")
+        check(self.lr_schedule in ("constant", "cosine"), "train.lr_schedule", self.lr_schedule, "constant or cosine")
+        for key in ("velocity_weight", "lip_weight", "lip_gap_weight", "closure_weight", "motion_std_weight",
+                    "silence_weight", "weight_decay", "collapse_ratio", "stretch"):
+            check(getattr(self, key) >= 0, f"train.{key}", getattr(self, key), "a number >= 0")
+        check(0 <= self.whole_clip_fraction <= 1, "train.whole_clip_fraction", self.whole_clip_fraction, "0 to 1")
+        check(self.min_subclip_frames >= 1 and self.processes >= 1, "train.min_subclip_frames/processes",
                (self.min_subclip_frames, self.processes), "at least 1")
 
 
@@ -180,6 +227,20 @@ class EvaluateConfig:
     split: str = "test"  # test | val | train: the clips of splits.csv to evaluate on
     checkpoint: str = "best"  # best | last
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # the gain on the predicted movement around its mean (model.articulate): auto = per speaker, the gain with the
+    # lowest LVE on the validation clips (written to the run: rundir.articulation) | a number, e.g. 1 (as trained)
+    articulation: str = "auto"
+
+    def __post_init__(self):
+        check(self.articulation == "auto" or _positive_number(self.articulation), "evaluate.articulation",
+              self.articulation, "auto or a gain > 0, e.g. 1.3")
+
+
+def _positive_number(text: str) -> bool:
+    try:
+        return float(text) > 0
+    except ValueError:
+        return False
 
 
 @dataclass
@@ -213,14 +274,14 @@ def _coerce(value: Any, kind: type, key: str) -> Any:
 
 
 def _resolve_path(value: str, rule: str) -> str:
-    """A relative path field -> absolute under the project root. Keywords (a neutral's "auto", "mean-closed" or
-    "<clip_id>:<frame>") stay as they are, and so does weights' name that is not a local folder (tiny.en, a hub id)."""
-    if not value or Path(value).is_absolute() or value in ("auto", "mean-closed"):
+    """A relative path field -> absolute under the project root. rule: always | if_exists (weights' names that are
+    not a local folder stay: tiny.en, a hub id) | neutral (only a NeutralChoice that is a file)."""
+    if not value or Path(value).is_absolute():
         return value
-    if ":" in value and not value.endswith(".npz"):
+    if rule == "neutral" and NeutralChoice.parse(value).kind != "file":
         return value
     resolved = project_path(value)
-    return str(resolved) if rule == "always" or resolved.exists() else value
+    return str(resolved) if rule in ("always", "neutral") or resolved.exists() else value
 
 
 def _build(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
@@ -229,8 +290,6 @@ def _build(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
     kwargs = {}
     for key, value in values.items():
         dotted = f"{prefix}{key}"
-        if key not in names and dotted in RENAMED:
-            raise ConfigError(f"config key '{dotted}' is now '{RENAMED[dotted]}'; rename it in the YAML file or override")
         if key not in names:
             close = difflib.get_close_matches(key, names, n=1)
             hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; known keys: {', '.join(names)}"
@@ -250,6 +309,49 @@ def _build(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
         if item.metadata.get("path") and item.name not in kwargs:
             setattr(built, item.name, _resolve_path(getattr(built, item.name), item.metadata["path"]))
     return built
+
+
+def _migrate(tree: dict, origin: str, saved: bool = False) -> dict:
+    """A config tree written with older key names -> today's, with one ConfigRenamed warning naming the new keys.
+
+    MOVED keys change section; old flat encoder keys (model.pretrained, model.whisper_layers, model.conv_hidden, ...)
+    move into model.encoder_options under the encoder's own names (its class's former_options). Flat keys that belong
+    to another encoder are dropped: saved models carried every encoder's knobs (said only for a config file)."""
+    tree = {key: dict(value) if isinstance(value, Mapping) else value for key, value in tree.items()}
+    renamed, ignored = [], []
+    for old, new in MOVED.items():
+        (section, key), (new_section, new_key) = old.split("."), new.split(".")
+        if isinstance(tree.get(section), dict) and key in tree[section]:
+            value = tree[section].pop(key)
+            tree.setdefault(new_section, {}).setdefault(new_key, value)
+            renamed.append(f"{old} -> {new}")
+    model = tree.get("model")
+    if isinstance(model, dict):
+        from .encoders import REGISTRY  # imported when used: torch and transformers load with it
+
+        own = {f.name for f in dataclasses.fields(ModelConfig)}
+        encoder = REGISTRY.get(str(model.get("encoder", ModelConfig.encoder)))
+        anyone = {name for cls in REGISTRY.values()
+                  for name in [f.name for f in dataclasses.fields(cls.Options)] + list(cls.former_options)}
+        options = dict(model.get("encoder_options") or {})
+        for key in [k for k in model if k not in own]:
+            names = {f.name for f in dataclasses.fields(encoder.Options)} if encoder else set()
+            new = encoder.former_options.get(key, key) if encoder else key
+            if new in names:
+                options.setdefault(new, model.pop(key))
+                renamed.append(f"model.{key} -> model.encoder_options.{new}")
+            elif key in anyone:
+                model.pop(key)
+                ignored.append(f"model.{key}")
+        if options:
+            model["encoder_options"] = options
+    if renamed:
+        warnings.warn(f"older config keys in {origin}: it loads as before, but rename them: {', '.join(renamed)}",
+                      ConfigRenamed, stacklevel=3)
+    if ignored and not saved:
+        warnings.warn(f"{origin}: {', '.join(ignored)} are not options of the model.encoder chosen there and are ignored",
+                      ConfigRenamed, stacklevel=3)
+    return tree
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
@@ -299,7 +401,7 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] | Mappi
         tree = loaded
     for key, value in parse_overrides(overrides).items():
         _set_dotted(tree, key, value)
-    return _build(Config, tree, "")
+    return _build(Config, _migrate(tree, f"config {path}" if path is not None else "the overrides"), "")
 
 
 def write_run_config(cfg: Config, run_dir: str | Path) -> Path:
@@ -322,6 +424,39 @@ def run_config(run_dir: str | Path, start_from: str | Path | None = None,
     return cfg
 
 
-def config_from_dict(tree: Mapping[str, Any]) -> Config:
-    """Rebuild a Config saved with `Config.to_dict()` (run.json, checkpoints)."""
-    return _build(Config, tree, "")
+def command_config(run_dir: str | Path, config_path: str | Path | None = None,
+                   overrides: Iterable[str] | Mapping[str, Any] | None = None) -> Config:
+    """The config of a command that acts on a run (a2m qa, train, evaluate, predict): the run's config.yaml. A run
+    without one starts here, from --config and -p, and the result is written there; a run with one is read as it is,
+    and --config or -p that would change it stop the command, naming the keys (nothing falls back to defaults)."""
+    path = rundir.config(project_path(run_dir))
+    if not path.exists():
+        if config_path is None:
+            raise ConfigError(f"{path} does not exist: give --config CONFIG (and any -p) to start the run {run_dir}, or "
+                              f"start it with `a2m run --config CONFIG --run-dir {run_dir}`")
+        cfg = load_config(config_path, overrides)
+        write_run_config(cfg, run_dir)
+        return cfg
+    cfg = load_config(path)
+    if config_path is not None or overrides:
+        asked = load_config(config_path or path, overrides)
+        changed = [key for key, value in _flatten(asked.to_dict()).items() if _flatten(cfg.to_dict()).get(key) != value]
+        if changed:
+            raise ConfigError(f"{path} holds this run's config, and --config / -p would change {', '.join(changed)}; a run "
+                              f"keeps one config: edit {path} and re-run the stages it affects, or use another --run-dir")
+    return cfg
+
+
+def _flatten(tree: Mapping, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping) and key != "encoder_options":
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_from_dict(tree: Mapping[str, Any], origin: str = "a saved config") -> Config:
+    """Rebuild a Config saved with `Config.to_dict()` (run.json, checkpoints), older key names included."""
+    return _build(Config, _migrate(dict(tree), origin, saved=True), "")

@@ -1,5 +1,6 @@
 """Training data: a run's accepted clips as (frame features or audio, offsets from the reference) samples.
 
+    splits = make_split(cfg, run_dir)                              # the run's split, written once: splits.csv
     dataset = ClipDataset(processed, clips, neutrals, n_vertices=468, speakers=["spk0"], features=cache, ...)
     batches = EpochBatches(len(dataset), batch_size=8, seed=0)     # the order of an epoch, resumable mid-epoch
 
@@ -20,8 +21,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import audio_frames, files, regions, store
-from .model import normalise_audio
+from . import audio_frames, files, regions, rundir, store
+from .config import Config
+
+# splits.csv's columns (rundir.splits): what evaluation and plots read, and what every checkpoint keeps
+SPLIT_COLUMNS = ("clip_id", "speaker", "language", "split", "audio_shift_frames")
 
 
 def split_clips(accepted: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int,
@@ -63,6 +67,35 @@ def split_clips(accepted: pd.DataFrame, val_fraction: float, test_fraction: floa
     return table.sort_values("clip_id").reset_index(drop=True)
 
 
+def make_split(cfg: Config, run_dir, write: bool = True) -> pd.DataFrame:
+    """The run's split of its accepted clips (rundir.accepted_clips: QA's `use` rows) by data.split_by, val_fraction,
+    test_fraction, train_minutes and the seed: SPLIT_COLUMNS, one row per clip. With `write` (the process that
+    writes, under DDP), saved to splits.csv when it is new or changed: one file, read by training, evaluation and
+    plots."""
+    accepted = rundir.accepted_clips(run_dir)
+    if accepted.empty:
+        raise RuntimeError(f"no clips passed QA in {rundir.qa_table(run_dir)}; see its reason column")
+    table = split_clips(accepted, cfg.data.val_fraction, cfg.data.test_fraction, cfg.seed, cfg.data.split_by,
+                        cfg.data.train_minutes, cfg.data.fps)
+    table = table[[c for c in SPLIT_COLUMNS if c in table]]
+    if write:
+        rundir.write_splits(run_dir, table)
+    return table
+
+
+def training_minutes(run_dir, fps: float) -> float:
+    """Minutes of training footage of the run's median speaker (its split and its QA table's frame counts)."""
+    splits = rundir.read_splits(run_dir)
+    frames = rundir.accepted_clips(run_dir)[["clip_id", "n_frames"]]
+    train = splits[splits.split == "train"].merge(frames, on="clip_id")
+    return float(train.groupby("speaker").n_frames.sum().median()) / fps / 60
+
+
+def split_rows(table: pd.DataFrame) -> list[list[str]]:
+    """The split as plain strings, the form a checkpoint keeps (and compares on resume)."""
+    return table.astype(str).values.tolist()
+
+
 def silent_frames(loudness: np.ndarray) -> np.ndarray:
     """Frames at least 30 dB (log 10^1.5) below the clip's loud frames: pauses, where the face should rest."""
     return loudness < np.quantile(loudness, 0.9) - 1.5 * np.log(10)
@@ -81,7 +114,7 @@ class FeatureCache:
         self.model, self.sample_rate = model, sample_rate
 
     def get(self, example: store.Example) -> np.ndarray:
-        audio = normalise_audio(example.audio)
+        audio = self.model.normalise(example.audio)
         digest = hashlib.sha256(audio.tobytes()).hexdigest()[:16]
         path = self.folder / f"{example.clip_id}-{digest}-{len(example.mesh)}.npy"
         if not path.exists():
@@ -100,7 +133,7 @@ class ClipDataset(torch.utils.data.Dataset):
     def __init__(self, processed, clips: pd.DataFrame, neutrals: dict[str, np.ndarray], n_vertices: int,
                  sample_rate: int = 16000, speakers: list[str] | None = None, whole_clip_fraction: float = 1.0,
                  min_subclip_frames: int = 10, seed: int = 0, features: FeatureCache | None = None,
-                 reference: str = "neutral", cut_audio: bool = False):
+                 reference: str = "neutral", cut_audio: bool = False, normalise=None):
         self.processed, self.neutrals, self.n_vertices, self.sample_rate = Path(processed), neutrals, n_vertices, sample_rate
         self.rows = [(row.clip_id, row.speaker, int(getattr(row, "audio_shift_frames", 0) or 0)) for row in clips.itertuples()]
         for clip_id, speaker, _ in self.rows:
@@ -110,6 +143,7 @@ class ClipDataset(torch.utils.data.Dataset):
         self.whole_clip_fraction, self.min_subclip_frames = whole_clip_fraction, min_subclip_frames
         self.seed, self.epoch, self.features, self.reference = seed, 0, features, reference
         self.cut_audio = cut_audio  # a trained CNN sees only the sub-clip's audio (AniPortrait's slices)
+        self.normalise = normalise or (lambda audio: audio)  # the encoder's (AudioEncoder.normalise)
         self.reference_pool = self._reference_pool() if reference == "random_frame" else {}
 
     def _reference_pool(self, per_clip: int = 8) -> dict[str, np.ndarray]:
@@ -148,11 +182,12 @@ class ClipDataset(torch.utils.data.Dataset):
         sample = dict(clip_id=clip_id, speaker_id=self.speakers.index(speaker) if speaker in self.speakers else len(self.speakers),
                       offsets=torch.from_numpy(offsets), valid=torch.from_numpy(example.valid[frames].copy()),
                       silent=torch.from_numpy(silent_frames(loudness)[frames].copy()),
-                      reference=torch.from_numpy((base - neutral).astype(np.float32)))
+                      reference=torch.from_numpy((base - neutral).astype(np.float32)),
+                      base=torch.from_numpy(np.nan_to_num(base).astype(np.float32)))
         if self.features is not None:
             sample["features"] = torch.from_numpy(np.array(self.features.get(example)[frames], np.float32))
         elif self.cut_audio:  # a CNN being trained runs on the sub-clip's own audio: exactly its frames
-            audio = normalise_audio(example.audio)
+            audio = self.normalise(example.audio)
             spf = example.samples_per_frame
             first, last = int(round(start * spf)), int(round((start + length) * spf))
             piece = np.zeros(last - first, np.float32)
@@ -160,7 +195,7 @@ class ClipDataset(torch.utils.data.Dataset):
             piece[: len(available)] = available  # the audio may end up to a frame early
             sample.update(audio=torch.from_numpy(piece), start=0, n_clip_frames=length, fps=example.fps)
         else:  # frozen features not cached: computed on the whole clip during the step, then sliced, as the cache does
-            sample.update(audio=torch.from_numpy(normalise_audio(example.audio)), start=start, n_clip_frames=n_frames,
+            sample.update(audio=torch.from_numpy(self.normalise(example.audio)), start=start, n_clip_frames=n_frames,
                           fps=example.fps)
         return sample
 
@@ -197,14 +232,15 @@ def running_sum(total: np.ndarray | None, rows: np.ndarray) -> np.ndarray:
 
 
 def collate(batch: list[dict]) -> dict:
-    """Zero-pad to the longest sample: offsets (B, T, V, 3), mask/silent (B, T), features (B, T, C) when cached;
+    """Zero-pad to the longest sample: offsets (B, T, V, 3), mask/silent (B, T), base (B, V, 3) the meshes the offsets
+    are from, features (B, T, C) when cached;
     otherwise each sample's whole-clip audio stays a list (the CNN runs per clip, unpadded)."""
     n_frames = max(len(sample["offsets"]) for sample in batch)
     out = dict(offsets=torch.zeros(len(batch), n_frames, *batch[0]["offsets"].shape[1:]),
                mask=torch.zeros(len(batch), n_frames, dtype=torch.bool),
                silent=torch.zeros(len(batch), n_frames, dtype=torch.bool),
                speaker_ids=torch.tensor([s["speaker_id"] for s in batch]),
-               reference=torch.stack([s["reference"] for s in batch]),
+               reference=torch.stack([s["reference"] for s in batch]), base=torch.stack([s["base"] for s in batch]),
                lengths=[len(s["offsets"]) for s in batch], clip_ids=[s["clip_id"] for s in batch])
     for i, sample in enumerate(batch):
         length = len(sample["offsets"])

@@ -86,14 +86,14 @@ def settings_key(data_cfg: DataConfig, extract_cfg: ExtractConfig) -> str:
     return json.dumps({"fps": data_cfg.fps, "sample_rate": data_cfg.sample_rate, **settings}, sort_keys=True)
 
 
-def _tracker(fps: float, cfg: ExtractConfig, background=None):
-    if cfg.extractor == "tasks":
-        return trackers.TasksTracker(cfg.task_file, fps, cfg.max_faces, cfg.min_detection_confidence,
-                                 cfg.min_tracking_confidence)
-    if cfg.extractor != "facemesh":
-        raise ValueError(f"extract.extractor '{cfg.extractor}' is not known; use facemesh or tasks")
-    return trackers.FaceTracker(cfg.refine_landmarks, False, cfg.min_detection_confidence, cfg.min_tracking_confidence,
-                            cfg.max_faces, background=background)
+def _tracker(fps: float, extract_cfg: ExtractConfig, background=None):
+    if extract_cfg.extractor == "tasks":
+        return trackers.TasksTracker(extract_cfg.task_file, fps, extract_cfg.max_faces, extract_cfg.min_detection_confidence,
+                                 extract_cfg.min_tracking_confidence)
+    if extract_cfg.extractor != "facemesh":
+        raise ValueError(f"extract.extractor '{extract_cfg.extractor}' is not known; use facemesh or tasks")
+    return trackers.FaceTracker(extract_cfg.refine_landmarks, False, extract_cfg.min_detection_confidence, extract_cfg.min_tracking_confidence,
+                            extract_cfg.max_faces, background=background)
 
 
 def track_video(frames: media.FrameReader, fps: float, extract_cfg: ExtractConfig, spool: Path, background=None):
@@ -358,10 +358,7 @@ def extract_store(raw_dir: str | Path, out_dir: str | Path, data_cfg: DataConfig
                 job_key=lambda job: str(job.source["path"]), log_dir=log_dir)
         bar.close()
     worker_processes.forward_native_log(native_log)
-    manifest = store.write_manifest(out_dir, {s["source_key"] for s in found})
-    if faces.judge_store(out_dir, data_cfg.sample_rate):  # the store's sync model changed a face kept
-        print(f"{out_dir}: the store's sync model chose the other face in some clips (manifest column face_judge)")
-    manifest = store.write_manifest(out_dir, {s["source_key"] for s in found})
+    manifest = faces.finalise_store(out_dir, {s["source_key"] for s in found})
     if unfinished:
         paths = [str(job.source["path"]) for job in unfinished]
         raise RuntimeError(f"an extraction worker process died; {len(paths)} source(s) were not finished: "

@@ -1,7 +1,7 @@
 """Which face of a clip speaks, when two are on screen (extraction with extract.max_faces: 2).
 
     use_second, face, why = faces.choose_in_clip(first, second, audio, sample_rate, fps, reference)   # per clip
-    changed = faces.judge_store(processed, sample_rate)          # after extraction: the store's sync model decides
+    manifest = faces.finalise_store(processed)                   # after extraction: the store's sync model decides
 
 Two steps, because the first alone is fooled when both mouths move:
 1. **In the clip** (`choose_in_clip`, while a worker extracts it): a face's sync score is the best score over all
@@ -87,9 +87,20 @@ def centre(landmarks: np.ndarray) -> str:
     return f"{x:.0f},{y:.0f}"
 
 
-def judge_store(processed, sample_rate: int = 16000) -> int:
+def finalise_store(processed, sources: set[str] | None = None):
+    """What ends every extraction and every merge of shard stores: the manifest, then step 2 (judge_store) at the
+    store's own sample rate, then the manifest again if a clip changed face. Returns the manifest. `sources`: the
+    source keys of the videos now in the raw folder (store.write_manifest)."""
+    manifest = store.write_manifest(processed, sources)
+    if judge_store(processed, store.sample_rate(manifest)):  # the store's sync model changed a face kept
+        print(f"{processed}: the store's sync model chose the other face in some clips (manifest column face_judge)")
+        manifest = store.write_manifest(processed, sources)
+    return manifest
+
+
+def judge_store(processed, sample_rate: int) -> int:
     """Step 2 over a store (module docstring): rewrites the clips whose other face speaks, and the records of the
-    candidate clips whose verdict changed; returns how many clips changed face. The caller rebuilds the manifest.
+    candidate clips whose verdict changed; returns how many clips changed face (finalise_store rebuilds the manifest).
     Run after every extraction (a resumed one too), it writes nothing when the verdicts stand."""
     processed = Path(processed)
     manifest = store.read_manifest(processed)
@@ -105,20 +116,19 @@ def judge_store(processed, sample_rate: int = 16000) -> int:
             continue
         clip = store.load_clip(processed, row.clip_id, keys=("audio", "mesh"))
         part = sync.normal_equations(*sync.sync_features(clip, sample_rate), 0)  # one-face clips: taken as in sync
-        total = part if total is None else tuple(a + b for a, b in zip(total, part))
+        total = sync.add_sums(total, part)
         if row.source in candidate_sources:
-            own[row.source] = tuple(a + b for a, b in zip(own[row.source], part)) if row.source in own else part
+            own[row.source] = sync.add_sums(own.get(row.source), part)
     if total is None:
         return 0
     changed = 0
     for row in candidates.itertuples():
-        gram, moment, n_frames = (total[i] - own[row.source][i] if row.source in own else total[i] for i in range(3))
-        if n_frames < sync.SYNC_MIN_TRAINING_SECONDS * float(row.fps):
+        weights = sync.left_out_weights(total, own.get(row.source), sync.SYNC_MIN_TRAINING_SECONDS * float(row.fps))
+        if weights is None:
             continue
         clip = store.load_clip(processed, row.clip_id)
         if "other_mesh" not in clip:
             continue  # extracted before both faces were kept: step 1's choice stands
-        weights = np.linalg.solve(gram + sync.SYNC_RIDGE * n_frames * np.eye(len(gram)), moment)
         audio = sync.sync_features(clip, sample_rate)[0]
         near = slice(sync.MAX_LAG_FRAMES - round(SPEAKER_MAX_LAG_SECONDS * row.fps),
                      sync.MAX_LAG_FRAMES + round(SPEAKER_MAX_LAG_SECONDS * row.fps) + 1)

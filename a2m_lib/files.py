@@ -67,3 +67,10 @@ def sha256(path: str | Path) -> str | None:
     """Hex digest of a file's bytes, None if it does not exist (recorded in run.json)."""
     path = Path(path)
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+
+
+def benchmark_results(name: str) -> dict | None:
+    """A benchmark's saved results, benchmarks/<name>_results.json under the project root (None when it has not been
+    run): reference points the notebooks compare a run with."""
+    path = project_path(Path("benchmarks") / f"{name}_results.json")
+    return json.loads(path.read_text()) if path.exists() else None

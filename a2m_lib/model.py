@@ -14,7 +14,7 @@ what the model computes. Then, for a padded batch:
     -> in_fn (+ speaker vector) (+ reference embedding) -> out_fn                        (B, T, V, 3)
 
 The outputs are offsets from the reference: the speaker's neutral mesh, or, with a dynamic reference
-(train.reference = random_frame), a frame of the speaker that the model also receives.
+(model.reference = random_frame), a frame of the speaker that the model also receives.
 
     model = Audio2Mesh(cfg.model, speakers=["spk0", "spk1"])
     offsets = model.predict(audio, n_frames, speaker="spk0")   # (samples,) 16 kHz -> (n_frames, V, 3)
@@ -31,16 +31,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import safetensors.torch
 import torch
 from torch import nn
-from transformers import Wav2Vec2FeatureExtractor
-
 from . import files
-from .config import RENAMED, ModelConfig
+from .config import ModelConfig, config_from_dict
 from .encoders import AudioEncoder, build_encoder, rebuild_encoder
 
 WEIGHTS_NAME, CONFIG_NAME = "model.safetensors", "config.json"
@@ -51,16 +50,10 @@ class UnsafeModelFileError(ValueError):
     """A model file that could only be loaded by running code from it (arbitrary unpickling)."""
 
 
-def normalise_audio(audio: np.ndarray) -> np.ndarray:
-    """Zero mean, unit variance per clip: what Wav2Vec2's feature extractor does before the model."""
-    return Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm([audio.astype(np.float32)], attention_mask=None)[0]
-
-
 class Audio2Mesh(nn.Module):
-    def __init__(self, cfg: ModelConfig, speakers: list[str] | None = None, reference: str = "neutral",
-                 audio_encoder: nn.Module | None = None):
+    def __init__(self, cfg: ModelConfig, speakers: list[str] | None = None, audio_encoder: nn.Module | None = None):
         super().__init__()
-        self.cfg, self.speakers, self.reference = cfg, list(speakers or []), reference
+        self.cfg, self.speakers = cfg, list(speakers or [])
         self.audio_encoder: AudioEncoder = audio_encoder if audio_encoder is not None else build_encoder(cfg)
         n_outputs = cfg.n_vertices * 3
         self.in_fn = nn.Linear(self.hidden_size, cfg.latent_dim)
@@ -70,7 +63,7 @@ class Audio2Mesh(nn.Module):
                 raise ValueError("model.speaker_embedding needs the list of training speakers")
             nn.init.normal_(self.speaker_embedding.weight, std=0.02)
         # the dynamic reference enters as a linear embedding of its (V*3) offsets from the speaker's mean face
-        self.reference_fn = nn.Linear(n_outputs, cfg.latent_dim) if reference != "neutral" else None
+        self.reference_fn = nn.Linear(n_outputs, cfg.latent_dim) if cfg.reference != "neutral" else None
         self.out_fn = nn.Linear(cfg.latent_dim, n_outputs)
         nn.init.zeros_(self.out_fn.weight)  # an untrained model predicts the reference: the baseline to beat
         nn.init.zeros_(self.out_fn.bias)
@@ -95,6 +88,10 @@ class Audio2Mesh(nn.Module):
     def features_id(self) -> str:
         """Names what frame_features computes (frozen weights and settings): the feature cache's key."""
         return self.audio_encoder.features_id()
+
+    def normalise(self, audio: np.ndarray) -> np.ndarray:
+        """A recording's samples as the encoder wants them (its own normalisation: AudioEncoder.normalise)."""
+        return self.audio_encoder.normalise(audio)
 
     def frame_features(self, audio: torch.Tensor, n_frames: int, sample_rate: int = 16000, fps: float = 30.0) -> torch.Tensor:
         """One clip's normalised audio (samples,) -> its encoder input at the video frame rate, (n_frames, C)."""
@@ -136,16 +133,17 @@ class Audio2Mesh(nn.Module):
     @torch.no_grad()
     def predict(self, audio: np.ndarray, n_frames: int, speaker: str | None = None, reference: np.ndarray | None = None,
                 sample_rate: int = 16000, fps: float = 30.0, window_seconds: float = 20.0,
-                overlap_seconds: float = 4.0) -> np.ndarray:
+                overlap_seconds: float = 4.0, articulation: float = 1.0) -> np.ndarray:
         """Raw audio (samples,) -> offsets (n_frames, V, 3): the one inference path (evaluation, a2m predict).
 
         Audio longer than `window_seconds` is processed in windows that overlap by `overlap_seconds`, blended with
-        linear cross-fades over the overlap, so memory stays flat over minutes of audio. Audio normalisation uses
-        the whole input, so a window sees what a single pass would. `reference`: for a dynamic-reference model,
-        the (V, 3) reference frame's offsets from the speaker's neutral (zeros: the neutral itself).
+        linear cross-fades over the overlap, so memory stays flat over minutes of audio. Audio normalisation (the
+        encoder's) uses the whole input, so a window sees what a single pass would. `reference`: for a dynamic-reference model,
+        the (V, 3) reference frame's offsets from the speaker's neutral (zeros: the neutral itself). `articulation`:
+        the gain on the movement around its mean (articulate; 1 = as trained).
         """
         device = next(self.parameters()).device
-        normalised = normalise_audio(audio)
+        normalised = self.normalise(audio)
         speaker_ids = torch.tensor([self.speaker_index(speaker)], device=device)
         ref = None
         if self.reference_fn is not None:
@@ -178,25 +176,26 @@ class Audio2Mesh(nn.Module):
                 ramp[-overlap:] = np.minimum(ramp[-overlap:], np.linspace(1, 0, overlap + 2)[1:-1])
             output[start:end] += offsets * ramp[:, None, None]
             weight[start:end] += ramp
-        return output / weight[:, None, None]
+        return articulate(output / weight[:, None, None], articulation)
 
     # ------------------------------------------------------------------ saving and loading
     def describe(self) -> dict:
         """The JSON config saved beside the weights: enough to rebuild this model offline."""
         return dict(format="a2m-audio2mesh", model_config=dataclasses.asdict(self.cfg),
                     encoder_config=self.audio_encoder.encoder_config(), encoder=self.audio_encoder.describe(),
-                    speakers=self.speakers, reference=self.reference,
+                    encoder_record=self.audio_encoder.record(), speakers=self.speakers,
                     outputs="offsets from the reference mesh (the speaker's neutral, or the given frame), (T, V, 3)",
                     units=MESH_UNITS)
 
     @classmethod
     def from_state(cls, description: dict, weights: dict[str, torch.Tensor]) -> "Audio2Mesh":
         """Rebuild from describe() and a state dict: the one constructor behind every loader."""
-        saved = {RENAMED.get(f"model.{key}", f"model.{key}")[len("model."):]: value  # older names still load
-                 for key, value in description["model_config"].items()}
-        cfg = ModelConfig(**saved)
+        tree = {"model": dict(description["model_config"])}
+        if "reference" in description and "reference" not in tree["model"]:  # saved outside the model's config before
+            tree["train"] = {"reference": description["reference"]}
+        cfg = config_from_dict(tree, "this saved model").model  # older key names still load, with a message
         encoder = rebuild_encoder(cfg, description["encoder_config"])
-        model = cls(cfg, description.get("speakers"), description.get("reference", "neutral"), audio_encoder=encoder)
+        model = cls(cfg, description.get("speakers"), audio_encoder=encoder)
         model.load_state_dict(weights)
         return model
 
@@ -218,6 +217,34 @@ class Audio2Mesh(nn.Module):
                                     f"save_pretrained (older pickled model.pt files are not read: they could run code)")
         weights = safetensors.torch.load_file(str(weights_path), device=str(map_location))
         return cls.from_state(json.loads(config_path.read_text()), weights)
+
+
+@dataclass
+class Articulation:
+    """A run's gain on the predicted movement per speaker (articulate), and where it came from: fitted by evaluation
+    on the validation clips (a2m_lib.evaluate.fit_articulation, saved as rundir.articulation) or set by the user."""
+
+    gains: dict              # speaker -> gain
+    default: float           # for a speaker without its own gain (one not in the validation clips, a new voice)
+    source: str              # "fitted on N validation clips" | "set: evaluate.articulation=G"
+    curve: dict | None = None  # gain -> validation LVE over every speaker (when fitted)
+
+    def gain(self, speaker: str | None) -> float:
+        return float(self.gains.get(speaker, self.default))
+
+    @classmethod
+    def read(cls, path: str | Path) -> "Articulation | None":
+        path = Path(path)
+        return cls(**json.loads(path.read_text())) if path.exists() else None
+
+
+def articulate(sequence: np.ndarray, gain: float) -> np.ndarray:
+    """The articulation knob: (T, V, 3) movement scaled by `gain` around its mean over time (1 = unchanged). The mean
+    shape stays; what moves moves `gain` times as far (LiveSpeechPortraits' mouth gain, on every vertex)."""
+    if gain == 1.0:
+        return sequence
+    mean = sequence.mean(axis=0, keepdims=True)
+    return (mean + gain * (sequence - mean)).astype(sequence.dtype)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:

@@ -1,11 +1,12 @@
 """Stage 03: one neutral-expression mesh per speaker; training targets are `mesh - neutral`.
 
-    ranking = neutral.rank_candidates(processed, accepted)        # scored frames, best first
-    chosen = neutral.resolve(processed, accepted, "auto", run_dir)  # writes run_dir/neutral/<speaker>.npz
+    ranking = neutral.Ranking(processed, accepted)                 # every frame scored, per speaker, once
+    ranking.top(12)                                                # the best distinct moments per speaker
+    chosen = neutral.choose(run_dir, ranking, cfg.neutral.neutral)  # writes the run's neutral files and their record
 
-`neutral` (config key neutral.neutral, papermill parameter `neutral`) is one of
+The choice (config key neutral.neutral, parsed once as config.NeutralChoice) is one of
     auto                          the best-ranked frame per speaker
-    "<clip_id>:<frame>"           that frame, for the clip's speaker
+    "<clip_id>:<frame>"           that frame, for the clip's speaker (the picker makes these)
     path/to/neutral.npz           a saved neutral (any speaker's file; its speaker key says whose)
     mean-closed                   the mean of the speaker's closed-mouth, low-energy frames (reference option)
 
@@ -23,7 +24,8 @@ import numpy as np
 import pandas as pd
 from scipy.spatial.transform import Rotation
 
-from . import files, regions, rundir, store
+from . import regions, rundir, store
+from .config import NeutralChoice
 from .rundir import load_neutral, save_neutral
 
 SCORE_WEIGHTS = {"mouth": 1.0, "energy": 1.0, "eyes": 0.5, "pose": 0.5, "motion": 0.5, "blendshapes": 1.0}
@@ -117,17 +119,30 @@ def load_speaker_clips(processed: str | Path, accepted: pd.DataFrame) -> dict[st
     return {speaker: ClipsOnDisk(processed, group.clip_id) for speaker, group in accepted.groupby("speaker", sort=False)}
 
 
-def rank_candidates(processed: str | Path, accepted: pd.DataFrame, top_k: int | None = None,
-                    clips: dict | None = None) -> pd.DataFrame:
-    """Scored frames of every speaker, best first within each speaker; with `top_k`, that many distinct
-    moments per speaker (see _spread_out)."""
-    clips = clips or load_speaker_clips(processed, accepted)
-    tables = []
-    for speaker, speaker_clips in clips.items():
-        ranked = score_frames(frame_measures(speaker_clips))
-        ranked.insert(0, "speaker", speaker)
-        tables.append(_spread_out(ranked, top_k) if top_k else ranked)
-    return pd.concat(tables, ignore_index=True)
+class Ranking:
+    """Every frame of a run's accepted clips scored for neutrality (score_frames), per speaker, computed once: notebook 03's
+    table, the picker and `choose` all read this one ranking. `clips`: each speaker's clips, read lazily."""
+
+    def __init__(self, processed: str | Path, accepted: pd.DataFrame):
+        self.processed = processed
+        self.clips = load_speaker_clips(processed, accepted)
+        self.scored = {speaker: score_frames(frame_measures(clips)) for speaker, clips in self.clips.items()}
+
+    @property
+    def speakers(self) -> list[str]:
+        return sorted(self.clips)
+
+    def top(self, top_k: int) -> pd.DataFrame:
+        """The `top_k` best distinct moments per speaker (see _spread_out), best first within each speaker."""
+        return pd.concat([_spread_out(table, top_k).assign(speaker=speaker) for speaker, table in self.scored.items()],
+                         ignore_index=True)[["speaker", *self.scored[next(iter(self.scored))].columns]]
+
+    def owner(self, clip_id: str) -> str | None:
+        """The speaker an accepted clip belongs to (None: not an accepted clip of this run)."""
+        return next((speaker for speaker, clips in self.clips.items() if clip_id in clips), None)
+
+    def frame(self, clip_id: str, frame: int) -> np.ndarray:
+        return self.clips[self.owner(clip_id)][clip_id]["mesh"][frame]
 
 
 def _spread_out(ranked: pd.DataFrame, top_k: int, min_gap_frames: int = 15) -> pd.DataFrame:
@@ -142,54 +157,46 @@ def _spread_out(ranked: pd.DataFrame, top_k: int, min_gap_frames: int = 15) -> p
     return ranked.iloc[kept]
 
 
-def resolve(processed: str | Path, accepted: pd.DataFrame, choice: str, run_dir: str | Path,
-            clips: dict | None = None) -> pd.DataFrame:
-    """Decide every speaker's neutral from `choice` (see module doc) and write the run's neutral files
-    (rundir.neutral_file), and which choice made them (rundir.neutral_choice).
+def choose(run_dir: str | Path, ranking: Ranking, choice: NeutralChoice | str, only_named: bool = False) -> pd.DataFrame:
+    """Decide speakers' neutrals from `choice` (a NeutralChoice, or its config text) and write them: the neutral files
+    (rundir.neutral_file), which choice made them (rundir.neutral_choice), and the run record's `neutral` entry.
 
-    Speakers that `choice` does not name fall back to auto. Returns one row per speaker saying what was used.
-    """
-    clips = clips or load_speaker_clips(processed, accepted)
+    Speakers that `choice` does not name get `auto` (a frame picked by hand earlier is kept), unless `only_named`
+    (the picker: one speaker's pick changes nothing else). Returns one row per speaker written now."""
+    choice = NeutralChoice.parse(choice) if isinstance(choice, str) else choice
     fixed: dict[str, tuple] = {}
-    choice = str(choice).strip()
-    if choice.endswith(".npz"):
-        saved = load_neutral(choice)
+    if choice.kind == "file":
+        saved = load_neutral(choice.path)
         fixed[str(saved["speaker"])] = (saved["mesh"], str(saved["clip_id"]), int(saved["frame"]), "file", float("nan"))
-    elif ":" in choice:
-        clip_id, frame_text = choice.rsplit(":", 1)
-        owner = [speaker for speaker, speaker_clips in clips.items() if clip_id in speaker_clips]
-        if not owner:
-            raise ValueError(f"neutral '{choice}': clip '{clip_id}' is not among the accepted clips; "
-                             "pick a clip_id from qa.csv with status pass")
-        frame_mesh = clips[owner[0]][clip_id]["mesh"][int(frame_text)]
+    elif choice.kind == "frame":
+        owner = ranking.owner(choice.clip_id)
+        if owner is None:
+            raise ValueError(f"neutral '{choice}': clip '{choice.clip_id}' is not among the accepted clips of "
+                             f"{rundir.qa_table(run_dir)}; pick a clip_id whose `use` is True there")
+        frame_mesh = ranking.frame(choice.clip_id, choice.frame)
         if not np.isfinite(frame_mesh).all():
-            raise ValueError(f"neutral '{choice}': frame {frame_text} of {clip_id} has no face; pick another frame")
-        fixed[owner[0]] = (frame_mesh, clip_id, int(frame_text), "manual", float("nan"))
-    elif choice not in ("auto", "mean-closed"):
-        raise ValueError(f"neutral '{choice}' not understood; use auto, mean-closed, '<clip_id>:<frame>' or a .npz path")
-
+            raise ValueError(f"neutral '{choice}': frame {choice.frame} of {choice.clip_id} has no face; pick another frame")
+        fixed[owner] = (frame_mesh, choice.clip_id, choice.frame, "manual", float("nan"))
     rows = []
-    for speaker, speaker_clips in clips.items():
+    for speaker in (sorted(fixed) if only_named else ranking.speakers):
         existing = rundir.neutral_file(run_dir, speaker)
-        saved = load_neutral(existing) if speaker not in fixed and choice == "auto" and existing.exists() else None
+        saved = load_neutral(existing) if speaker not in fixed and choice.kind == "auto" and existing.exists() else None
         if saved is not None and saved["chosen_by"] == "manual":  # a picker choice outlives re-running the notebook
             rows.append(dict(speaker=speaker, clip_id=saved["clip_id"], frame=saved["frame"], chosen_by="manual (kept)",
                              score=float("nan"), path=str(existing)))
             continue
         if speaker in fixed:
             neutral_mesh, clip_id, frame, chosen_by, score = fixed[speaker]
+        elif choice.kind == "mean-closed":
+            ranked, clips = ranking.scored[speaker], ranking.clips[speaker]
+            best = ranked.head(max(1, len(ranked) // 20))  # the best-scored 5% of frames
+            neutral_mesh = np.mean([clips[r.clip_id]["mesh"][r.frame] for r in best.itertuples()], axis=0)
+            clip_id, frame, chosen_by, score = "", -1, "mean-closed", float(best.score.mean())
         else:
-            ranked = score_frames(frame_measures(speaker_clips))
-            if choice == "mean-closed":
-                best = ranked.head(max(1, len(ranked) // 20))  # the best-scored 5% of frames
-                neutral_mesh = np.mean([speaker_clips[r.clip_id]["mesh"][r.frame] for r in best.itertuples()], axis=0)
-                clip_id, frame, chosen_by, score = "", -1, "mean-closed", float(best.score.mean())
-            else:
-                top = ranked.iloc[0]
-                clip_id, frame, chosen_by, score = top.clip_id, int(top.frame), "auto", float(top.score)
-                neutral_mesh = speaker_clips[clip_id]["mesh"][frame]
+            top = ranking.scored[speaker].iloc[0]
+            clip_id, frame, chosen_by, score = top.clip_id, int(top.frame), "auto", float(top.score)
+            neutral_mesh = ranking.clips[speaker][clip_id]["mesh"][frame]
         path = save_neutral(rundir.neutral_file(run_dir, speaker), neutral_mesh, speaker, clip_id, frame, chosen_by, score)
         rows.append(dict(speaker=speaker, clip_id=clip_id, frame=frame, chosen_by=chosen_by, score=score, path=str(path)))
-    table = pd.DataFrame(rows)
-    files.write_json(rundir.neutral_choice(run_dir), {"neutral": choice, "speakers": rows})
-    return table
+    rundir.record_neutral_choice(run_dir, str(choice), rows, replace=not only_named)
+    return pd.DataFrame(rows)

@@ -1,11 +1,11 @@
 """The neutral picker for JupyterLab (notebook 03): ipywidgets over a2m_lib.neutral.
 
-    picker = NeutralPicker(processed, accepted, "runs/x", top_k=8)
+    picker = NeutralPicker(ranking, "runs/x", top_k=8)   # ranking: neutral.Ranking, the one notebook 03 shows
     picker              # displays itself in a notebook
 
 Top candidates per speaker with their frame and mesh (front and side), a scrubber over any clip (it starts
-on the first candidate's frame), and "use this frame" buttons that write the run's neutral file (rundir.neutral_file) at once
-(chosen_by = manual), which neutral.resolve keeps when the notebook re-runs with `auto`.
+on the first candidate's frame), and "use this frame" buttons that choose it at once through neutral.choose: the neutral
+file, choice.json and the run record say `manual`, and `auto` keeps it when the notebook re-runs.
 """
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pandas as pd
 
 from . import media, regions, rundir
-from .neutral import load_speaker_clips, rank_candidates
-from .rundir import load_neutral, save_neutral
+from .config import NeutralChoice
+from .neutral import Ranking, choose
+from .rundir import load_neutral
 
 
 def preview_image(clip: dict, frame: int, size: int = 160) -> np.ndarray:
@@ -55,12 +55,12 @@ def _png(image: np.ndarray) -> bytes:
 class NeutralPicker:
     """ipywidgets picker: see the module docstring."""
 
-    def __init__(self, processed, accepted: pd.DataFrame, run_dir, top_k: int = 8, clips: dict | None = None):
+    def __init__(self, ranking: Ranking, run_dir, top_k: int = 8):
         import ipywidgets as widgets
 
-        self.run_dir = Path(run_dir)
-        self.clips = clips or load_speaker_clips(processed, accepted)
-        self.ranking = rank_candidates(processed, accepted, top_k=top_k, clips=self.clips)
+        self.run_dir, self.source = Path(run_dir), ranking
+        self.clips = ranking.clips
+        self.ranking = ranking.top(top_k)
         speakers = sorted(self.clips)
         self.speaker = widgets.Dropdown(options=speakers, description="speaker")
         self.grid = widgets.GridBox(layout=widgets.Layout(grid_template_columns="repeat(2, 490px)"))
@@ -130,13 +130,12 @@ class NeutralPicker:
         if clip_id not in self.clips[speaker]:
             self.status.value = f"<span style='color:red'>'{clip_id}' is not a clip of {speaker}; pick one from the list</span>"
             raise ValueError(f"'{clip_id}' is not an accepted clip of speaker {speaker}")
-        frame_mesh = self.clips[speaker][clip_id]["mesh"][frame]
-        if not np.isfinite(frame_mesh).all():
+        if not np.isfinite(self.clips[speaker][clip_id]["mesh"][frame]).all():
             self.status.value = f"<span style='color:red'>{clip_id}:{frame} has no face; pick another frame</span>"
             raise ValueError(f"{clip_id}:{frame} has no face")
-        path = save_neutral(rundir.neutral_file(self.run_dir, speaker), frame_mesh, speaker, clip_id, frame, "manual")
+        choose(self.run_dir, self.source, NeutralChoice.picked(clip_id, frame), only_named=True)
         self._show_status()
-        return path
+        return rundir.neutral_file(self.run_dir, speaker)
 
     def _ipython_display_(self):
         from IPython.display import display

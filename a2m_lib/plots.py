@@ -1,4 +1,5 @@
-"""Every figure the notebooks show, apart from the stage logic (which imports no matplotlib).
+"""Every figure the notebooks show, apart from the stage logic (which imports no matplotlib). Plots draw; they write
+no file (renders are a2m_lib.evaluate's) and read no benchmark (the notebook passes the rows in).
 
     plots.clip(processed, clip_id)             01: a frame with landmarks, the pose-free mesh, the mouth over time
     plots.qa_summary(report, fps)              02: offsets and clip lengths by QA status
@@ -6,12 +7,14 @@
     plots.qa_trace(report, clip_id)            02: mouth opening against loudness, and the score of each lag
     plots.neutrals(run_dir)                    03: each speaker's neutral, front and side
     plots.training_curves(history)             04: train and validation L1 per epoch
-    plots.evaluation_summary(result)           05: LVE of the model against the neutral baseline
-    plots.evaluation_clip(result, clip_id)     05: predicted against true mouth opening for one clip
+    plots.footage_curve(rows, minutes)         04: the footage curve of benchmarks/footage_curve.py, this run marked
+    plots.evaluation_summary(result)           05: LVE of the model against the baselines
+    plots.lip_trace(result, clip_id, store)    05: predicted against true mouth opening for one clip
+    plots.look_and_listen(result, videos, ...) 05: the rendered clips' lip traces and videos with sound
+    plots.articulation(curve, fitted)          05: LVE and motion ratio against the articulation gain
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -204,12 +207,6 @@ def evaluation_summary(result, title: str = ""):
     return fig
 
 
-def chosen_clips(result) -> dict[str, str]:
-    """The best, median and worst held-out clips by the model's LVE."""
-    table = result.per_clip.sort_values("model_lve").reset_index(drop=True)
-    return {"best": table.clip_id.iloc[0], "median": table.clip_id.iloc[len(table) // 2], "worst": table.clip_id.iloc[-1]}
-
-
 def lip_trace(result, clip_id: str, processed: str | Path, label: str = ""):
     """Inner-lip distance over time, truth against the model (and the nearest-audio baseline), waveform underneath."""
     clip = result.load(clip_id)
@@ -270,30 +267,45 @@ def error_histograms(result):
     return fig
 
 
-def look_and_listen(result, processed: str | Path, run_dir: str | Path) -> dict[str, Path]:
-    """For the best, median and worst clips: show the lip trace, render truth | model with the audio to
-    run_dir/renders/<clip>.mp4 and embed it (notebook 05). Returns the videos."""
+def look_and_listen(result, videos: dict, processed: str | Path) -> None:
+    """For each rendered clip (evaluate.render_clips: the best, median and worst), its lip trace and its video with
+    the sound, in the notebook."""
     from IPython.display import Video, display
 
-    from . import render
-
-    shifts = rundir.read_splits(run_dir).set_index("clip_id").audio_shift_frames
-    videos = {}
-    for label, clip_id in chosen_clips(result).items():
-        figure = lip_trace(result, clip_id, processed, label)
+    for label, video in videos.items():
+        figure = lip_trace(result, Path(video).stem, processed, label)
         display(figure)
         plt.close(figure)
-        videos[label] = render.render_prediction_file(result.predictions / f"{clip_id}.npz", processed,
-                                                      rundir.renders(run_dir) / f"{clip_id}.mp4", int(shifts.get(clip_id, 0)))
-        display(Video(str(videos[label]), embed=True, width=960, html_attributes="controls"))
-    return videos
+        display(Video(str(video), embed=True, width=960, html_attributes="controls"))
+
+
+def articulation(curve: pd.DataFrame, gains: dict | None = None, default: float | None = None, label: str = "this run"):
+    """LVE and motion ratio of the held-out predictions against the articulation gain (evaluate.gain_curve), the gain
+    in use marked: where a louder mouth starts to cost error."""
+    figure, axes = plt.subplots(1, 2, figsize=(11, 3.4))
+    axes[0].plot(curve.gain, curve.lve, marker=".", label=label)
+    axes[0].set(xlabel="articulation gain (1 = as trained)", ylabel="held-out LVE (mesh units)", title="LVE against gain")
+    axes[1].plot(curve.motion_ratio, curve.lve, marker=".", label=label)
+    axes[1].axvline(1, color="grey", linestyle=":", linewidth=1)
+    axes[1].set(xlabel="motion ratio (predicted / true lip motion)", ylabel="held-out LVE",
+                title="LVE against motion ratio (lower and right is better)")
+    for value in sorted(set((gains or {}).values()) | ({default} if default else set())):
+        axes[0].axvline(value, color="tab:red", linestyle="--", linewidth=0.8)
+    axes[0].legend(fontsize=8)
+    figure.tight_layout()
+    return figure
 
 
 # ----------------------------------------------------------------------------------- how much footage
 
-def footage_curve(rows: list[dict], this_run_minutes: float | None = None):
+def footage_curve(rows: list[dict] | None, this_run_minutes: float | None = None):
     """Held-out mouth correlation and LVE (x the mean-offset baseline) against minutes of one speaker's training
-    footage, one line per encoder (benchmarks/footage_curve.py); `this_run_minutes` marks a run's own amount."""
+    footage, one line per encoder (benchmarks/footage_curve.py's rows); `this_run_minutes` marks a run's own amount."""
+    if not rows:
+        print("no footage curve: run benchmarks/footage_curve.py for the reference points")
+        return None
+    if this_run_minutes is not None:
+        print(f"this run: {this_run_minutes:.1f} min of training footage for the median speaker")
     table = pd.DataFrame(rows)
     figure, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for (encoder, group), marker in zip(table.groupby("encoder"), "os^v"):
@@ -315,22 +327,6 @@ def footage_curve(rows: list[dict], this_run_minutes: float | None = None):
     figure.suptitle("How much footage does a speaker need? (GRID s1, same held-out clips; dotted: targets)")
     figure.tight_layout()
     return figure
-
-
-def footage_reference(run_dir: str | Path, fps: float):
-    """The footage curve of benchmarks/footage_curve.py with this run's training minutes per speaker (the median
-    speaker) marked; a note instead where the benchmark has not been run."""
-    results = files.project_path("benchmarks/footage_curve_results.json")
-    if not results.exists():
-        print(f"no {results}: run benchmarks/footage_curve.py for the reference curve")
-        return None
-    run_dir = Path(run_dir)
-    splits = rundir.read_splits(run_dir)
-    frames = rundir.read_table(rundir.qa_table(run_dir), "run QA first (notebook 02)")[["clip_id", "n_frames"]]
-    train = splits[splits.split == "train"].merge(frames, on="clip_id")
-    minutes = float(train.groupby("speaker").n_frames.sum().median()) / fps / 60
-    print(f"this run: {minutes:.1f} min of training footage for the median speaker")
-    return footage_curve(json.loads(results.read_text())["rows"], this_run_minutes=minutes)
 
 
 def layer_mix(run_dir: str | Path, checkpoint: str = "best"):

@@ -1,12 +1,14 @@
 """Meshes for new audio, and the trained model in AniPortrait's format.
 
-    a2m predict AUDIO --run RUN_DIR [--speaker S] [--reference CLIP:FRAME] --out OUT.npz [--video OUT.mp4] [--smooth 7]
+    a2m predict AUDIO --run-dir RUN_DIR [--speaker S] [--reference CLIP:FRAME] [--articulation G] --out OUT.npz
     a2m predict AUDIO --checkpoint CKPT --neutral NEUTRAL.npz --out OUT.npz
-    a2m export-aniportrait RUN_DIR OUT_DIR
+    a2m export-aniportrait --run-dir RUN_DIR OUT_DIR
 
 `predict_audio` reads any file ffmpeg reads (wav, mp3, m4a, a video with sound; any rate and channel count),
-runs the one inference path (Audio2Mesh.predict: long audio in overlapping windows) and writes
-OUT.npz: verts (T, V, 3) absolute meshes with T = ceil(seconds x fps), fps, and the reference used.
+runs the one inference path (Audio2Mesh.predict: long audio in overlapping windows, the articulation gain) and
+writes OUT.npz: verts (T, V, 3) absolute meshes with T = ceil(seconds x fps), fps, the reference and the gain used.
+With --run-dir, the run's config.yaml gives the frame rate and the store, its evaluation's fitted articulation gain
+(rundir.articulation) the speaker's gain unless --articulation sets one.
 """
 from __future__ import annotations
 
@@ -20,8 +22,8 @@ import yaml
 from transformers import Wav2Vec2Model
 
 from . import files, media, regions, rundir, store
-from .config import config_from_dict
-from .model import Audio2Mesh, load_checkpoint, load_model
+from .config import config_from_dict, run_config
+from .model import Articulation, Audio2Mesh, load_checkpoint, load_model
 
 
 class PredictError(ValueError):
@@ -31,13 +33,14 @@ class PredictError(ValueError):
 @dataclass
 class Inputs:
     """What `a2m predict` needs besides the audio (prepare): the model, the mesh its offsets are added to, the
-    speaker, the dynamic reference's offsets (None: the neutral) and the frame rate."""
+    speaker, the dynamic reference's offsets (None: the neutral), the frame rate and the articulation gain."""
 
     model: Audio2Mesh
     base_mesh: np.ndarray
     speaker: str | None
     reference_offsets: np.ndarray | None
     fps: float
+    articulation: float = 1.0
 
 
 @dataclass
@@ -82,16 +85,19 @@ def smooth(verts: np.ndarray, window: int) -> np.ndarray:
 
 def predict_audio(model: Audio2Mesh, audio_path: str | Path, out_path: str | Path, base_mesh: np.ndarray,
                   fps: float, speaker: str | None = None, reference_offsets: np.ndarray | None = None,
-                  smooth_frames: int = 0, video_path: str | Path | None = None, sample_rate: int = 16000) -> Prediction:
+                  smooth_frames: int = 0, video_path: str | Path | None = None, sample_rate: int = 16000,
+                  articulation: float = 1.0) -> Prediction:
     """Audio file -> OUT.npz of absolute meshes (base_mesh + predicted offsets); optionally a video with the audio."""
     audio = read_speech(audio_path, sample_rate)
     started = time.time()
     n_frames = store.expected_frames(len(audio), sample_rate, fps)
-    offsets = model.predict(audio, n_frames, speaker=speaker, reference=reference_offsets, sample_rate=sample_rate, fps=fps)
+    offsets = model.predict(audio, n_frames, speaker=speaker, reference=reference_offsets, sample_rate=sample_rate, fps=fps,
+                            articulation=articulation)
     verts = smooth(base_mesh[None] + offsets, smooth_frames).astype(np.float32)
     out_path = Path(out_path)
     with files.atomic_path(out_path) as tmp:
-        np.savez(tmp, verts=verts, fps=fps, reference=base_mesh, speaker=speaker or "", units="mesh units (~cm)")
+        np.savez(tmp, verts=verts, fps=fps, reference=base_mesh, speaker=speaker or "", units="mesh units (~cm)",
+                 articulation=articulation, audio=audio.astype(np.float32), sample_rate=sample_rate)
     result = Prediction(verts=verts, fps=fps, audio_seconds=len(audio) / sample_rate, seconds=time.time() - started,
                         path=out_path)
     if video_path:
@@ -101,18 +107,21 @@ def predict_audio(model: Audio2Mesh, audio_path: str | Path, out_path: str | Pat
     return result
 
 
-def prepare(run: str | Path | None, checkpoint: str | Path | None, neutral: str | Path | None, speaker: str | None,
-            reference: str | None, device: str = "cpu") -> Inputs:
-    """Model, base mesh, speaker, reference offsets and fps for `a2m predict`, from a run or a checkpoint + neutral."""
-    if (run is None) == (checkpoint is None):
-        raise PredictError("give either --run RUN_DIR, or --checkpoint CKPT with --neutral NEUTRAL.npz")
-    checkpoint = Path(checkpoint) if checkpoint else rundir.checkpoint(run)
+def prepare(run_dir: str | Path | None, checkpoint: str | Path | None, neutral: str | Path | None, speaker: str | None,
+            reference: str | None, articulation: float | None = None, device: str = "cpu") -> Inputs:
+    """Model, base mesh, speaker, reference offsets, fps and articulation gain for `a2m predict`: from a run (its
+    config.yaml, checkpoint, neutrals and fitted gain) or from a checkpoint + neutral."""
+    if (run_dir is None) == (checkpoint is None):
+        raise PredictError("give either --run-dir RUN_DIR, or --checkpoint CKPT with --neutral NEUTRAL.npz")
+    cfg = run_config(run_dir) if run_dir is not None else None
+    checkpoint = Path(checkpoint) if checkpoint else rundir.checkpoint(run_dir, cfg.evaluate.checkpoint)
     if checkpoint.is_dir():  # a save_pretrained folder: no training config inside
-        model, cfg = load_model(checkpoint, device), None
-    else:  # a training checkpoint, read once: the model and the config it was trained with
+        model = load_model(checkpoint, device)
+    else:  # a training checkpoint, read once: the model and, without a run, the config it was trained with
         state = load_checkpoint(checkpoint)
         model = Audio2Mesh.from_state(state, state["model"]).to(device).eval()
-        cfg = config_from_dict(state["config"]) if state.get("config") else None
+        if cfg is None and state.get("config"):
+            cfg = config_from_dict(state["config"], str(checkpoint))
     fps = cfg.data.fps if cfg else 30.0
     if speaker is None and model.speakers:
         if len(model.speakers) > 1 and (model.speaker_embedding is not None or neutral is None):
@@ -121,21 +130,27 @@ def prepare(run: str | Path | None, checkpoint: str | Path | None, neutral: str 
     if speaker is not None and model.speakers and speaker not in model.speakers and model.speaker_embedding is not None:
         raise PredictError(f"unknown speaker '{speaker}' for {checkpoint}; choose one of {', '.join(model.speakers)}")
     if neutral is None:
-        neutral = rundir.neutral_file(run, speaker)
+        neutral = rundir.neutral_file(run_dir, speaker)
         if not neutral.exists():
-            raise PredictError(f"{neutral} does not exist: speaker '{speaker}' has no neutral in {run}; "
+            raise PredictError(f"{neutral} does not exist: speaker '{speaker}' has no neutral in {run_dir}; "
                                f"choose --speaker from {', '.join(model.speakers)} or give --neutral")
     base = rundir.load_neutral(neutral)["mesh"][: model.cfg.n_vertices]
     reference_offsets = None
     if reference:
         if cfg is None:
-            raise PredictError("--reference CLIP:FRAME needs --run (the clip store it names comes from the run's config)")
+            raise PredictError("--reference CLIP:FRAME needs --run-dir (the clip store it names comes from the run's config)")
         clip_id, _, frame = reference.rpartition(":")
         mesh = store.load_clip(cfg.data.processed, clip_id, keys=("mesh",))["mesh"][int(frame), : model.cfg.n_vertices]
         if not np.isfinite(mesh).all():
             raise PredictError(f"--reference {reference}: that frame has no face; choose another frame")
         reference_offsets, base = mesh - base, mesh
-    return Inputs(model=model, base_mesh=base, speaker=speaker, reference_offsets=reference_offsets, fps=fps)
+    if articulation is None:  # the run's fitted gain for this speaker (a voice it never heard: the run's default)
+        fitted = Articulation.read(rundir.articulation(run_dir)) if run_dir is not None else None
+        articulation = fitted.gain(speaker) if fitted else 1.0
+    if articulation <= 0:
+        raise PredictError(f"--articulation {articulation}: give a gain > 0 (1 = as trained, 1.3 = 30% more movement)")
+    return Inputs(model=model, base_mesh=base, speaker=speaker, reference_offsets=reference_offsets, fps=fps,
+                  articulation=float(articulation))
 
 
 # ----------------------------------------------------------------------------------- AniPortrait export
@@ -157,7 +172,7 @@ def export_aniportrait(run_dir: str | Path, out_dir: str | Path, checkpoint: str
     if model.speaker_embedding is not None:
         reasons.append("it has a speaker embedding (AniPortrait's model has none)")
     if model.reference_fn is not None:
-        reasons.append("it was trained with a dynamic reference (AniPortrait's model takes no reference)")
+        reasons.append("it was trained with a dynamic reference (model.reference; AniPortrait's model takes no reference)")
     if model.cfg.speaker_normalisation:
         reasons.append("it scales its outputs per speaker (model.speaker_normalisation; AniPortrait's model does not)")
     if reasons:
@@ -169,7 +184,7 @@ def export_aniportrait(run_dir: str | Path, out_dir: str | Path, checkpoint: str
     model.audio_encoder.save_pretrained(out_dir / "wav2vec2")
     settings = {"a2m_model": {"out_dim": model.cfg.n_vertices * 3, "latent_dim": model.cfg.latent_dim,
                               "model_path": str((out_dir / "wav2vec2").resolve()),
-                              "only_last_fetures": model.cfg.only_last_features,  # their spelling
+                              "only_last_fetures": model.audio_encoder.options.only_last_features,  # their spelling
                               "from_pretrained": False},  # the weights come with audio2mesh.pt
                 "a2m_ckpt": str((out_dir / "audio2mesh.pt").resolve())}
     files.write_text(out_dir / "inference_audio.yaml", yaml.safe_dump(settings, sort_keys=False))

@@ -31,7 +31,16 @@ STABLE = np.array([10, 151, 9, 8, 168, 6, 197, 195, 5, 4, 33, 133, 362, 263,
                    127, 356, 234, 454, 21, 251, 103, 332, 109, 338, 67, 297])
 
 UPPER_INNER_LIP, LOWER_INNER_LIP = 13, 14
+UPPER_OUTER_LIP, LOWER_OUTER_LIP = 0, 17
 MOUTH_CORNERS = (61, 291)
+INNER_MOUTH_CORNERS = (78, 308)
+# Upper-to-lower lip pairs along the inner and the outer contour (MediaPipe's FACEMESH_LIPS, a vertex of the upper
+# lip and the one below it), then the mouth's two widths: the distances the lip-gap loss (a2m_lib.losses) keeps.
+# Every lip vertex but the corners is in a pair, so the loss holds the whole contour, not three points of it.
+LIP_GAP_PAIRS = np.array([
+    (191, 95), (80, 88), (81, 178), (82, 87), (13, 14), (312, 317), (311, 402), (310, 318), (415, 324),   # inner
+    (185, 146), (40, 91), (39, 181), (37, 84), (0, 17), (267, 314), (269, 405), (270, 321), (409, 375),  # outer
+    MOUTH_CORNERS, INNER_MOUTH_CORNERS])
 EYE_LIDS = ((159, 145), (386, 374))  # (upper, lower) per eye
 EYE_CORNERS_OUTER = (33, 263)
 CHIN, FOREHEAD = 152, 10

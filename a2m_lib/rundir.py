@@ -9,6 +9,7 @@ lives here, never in the clip store (a2m_lib.store).
         neutral/<speaker>.npz, neutral/choice.json      the neutrals (a2m_lib.neutral, a2m_lib.picker)
         splits.csv           train | val | test | unused per clip (a2m_lib.train)
         checkpoints/{last,best}.pt, train_log.csv, train_summary.json, tensorboard/
+        articulation.json    the gain on the predicted movement per speaker, fitted on validation (a2m_lib.evaluate)
         predictions/<clip>.npz, metrics.json, renders/  (a2m_lib.evaluate)
 
     table = rundir.accepted_clips(run_dir)
@@ -16,6 +17,7 @@ lives here, never in the clip store (a2m_lib.store).
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +90,11 @@ def renders(run_dir) -> Path:
     return Path(run_dir) / "renders"
 
 
+def articulation(run_dir) -> Path:
+    """The articulation gain per speaker that evaluation fitted on the validation clips (a2m predict applies it)."""
+    return Path(run_dir) / "articulation.json"
+
+
 def read_table(path: Path, advice: str):
     """A CSV of the run, or a FileNotFoundError naming it and the step that writes it."""
     import pandas as pd  # imported where used: extraction workers start faster without pandas
@@ -110,6 +117,15 @@ def read_splits(run_dir):
     return read_table(splits(run_dir), "train this run first (notebook 04): training writes the split")
 
 
+def write_splits(run_dir, table) -> Path:
+    """splits.csv, written when it is new or its content changed (a2m_lib.dataset.make_split decides the split)."""
+    path = splits(run_dir)
+    text = table.to_csv(index=False)
+    if not path.exists() or path.read_text() != text:
+        files.write_text(path, text)
+    return path
+
+
 # ----------------------------------------------------------------------------------- the neutrals
 
 def save_neutral(path: str | Path, neutral_mesh: np.ndarray, speaker: str, clip_id: str, frame: int,
@@ -128,6 +144,47 @@ def load_neutral(path: str | Path) -> dict:
         raise FileNotFoundError(f"neutral file {path} does not exist; run neutral selection (notebook 03) first")
     with np.load(path) as data:
         return {key: (data[key].item() if data[key].ndim == 0 else data[key]) for key in data.files}
+
+
+def record_neutral_choice(run_dir, choice: str, rows: list[dict], replace: bool = True) -> dict:
+    """choice.json (which choice made each speaker's neutral, and who chose it) and the run record's `neutral` entry,
+    written together. replace=False (one speaker picked by hand) updates those speakers' rows and keeps the rest."""
+    path = neutral_choice(run_dir)
+    kept = [] if replace or not path.exists() else json.loads(path.read_text())["speakers"]
+    named = {row["speaker"] for row in rows}
+    entry = {"neutral": choice if replace or not path.exists() else json.loads(path.read_text())["neutral"],
+             "speakers": sorted([r for r in kept if r["speaker"] not in named] + rows, key=lambda r: r["speaker"])}
+    files.write_json(path, entry)
+    update_record(run_dir, neutral=entry)
+    return entry
+
+
+def update_record(run_dir, **entries) -> None:
+    """Put entries into run.json, when the run has one (a2m_lib.runner writes the rest of it)."""
+    path = record(run_dir)
+    if path.exists():
+        files.write_json(path, dict(json.loads(path.read_text()), **entries))
+
+
+def other_store(run_dir, processed) -> Path:
+    """Where `a2m evaluate --data STORE` keeps that store's QA decisions, neutrals, predictions and metrics."""
+    return Path(run_dir) / f"eval_{Path(processed).name}"
+
+
+def branch(base, new) -> Path:
+    """Start run `new` from run `base`'s QA decisions and neutrals (its qa.csv and neutral/): the new run trains
+    and evaluates on exactly what the base run accepted, with its own config, checkpoints and metrics."""
+    import shutil
+
+    base, new = Path(base), Path(new)
+    for needed in (qa_table(base), neutral_dir(base)):
+        if not needed.exists():
+            raise FileNotFoundError(f"{needed} does not exist: run notebooks 02-03 in {base} first (a2m run --config "
+                                    f"CONFIG --run-dir {base} --only 02, then --only 03)")
+    new.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(qa_table(base), qa_table(new))
+    shutil.copytree(neutral_dir(base), neutral_dir(new), dirs_exist_ok=True)
+    return new
 
 
 def load_neutrals(run_dir) -> dict[str, np.ndarray]:

@@ -106,10 +106,20 @@ def write_manifest(processed: str | Path, sources: set[str] | None = None):
     return manifest
 
 
-def merge_stores(shards: list[str | Path], processed: str | Path):
+def sample_rate(manifest) -> int:
+    """The audio rate a store's clips were extracted at (their settings), 16 kHz for a store without clips."""
+    rates = {json.loads(text)["sample_rate"] for text in manifest.settings if text}
+    if len(rates) > 1:
+        raise ValueError(f"the store holds clips extracted at several audio rates ({sorted(rates)}); extract them again "
+                         f"with one data.sample_rate")
+    return int(rates.pop()) if rates else 16000
+
+
+def merge_stores(shards: list[str | Path], processed: str | Path) -> None:
     """Copy the clips and source records of shard stores (`a2m extract --shard i/n --out SHARD`, e.g. one per task
-    of a cluster job array) into one store, and rebuild its manifest. A file present in two shards must be the
-    same bytes (the same source extracted twice with the same settings); anything else stops with both paths."""
+    of a cluster job array) into one store; a2m_lib.faces.finalise_store then writes its manifest. A file present in
+    two shards must be the same bytes (the same source extracted twice with the same settings); anything else stops
+    with both paths."""
     import filecmp
     import shutil
 
@@ -131,7 +141,6 @@ def merge_stores(shards: list[str | Path], processed: str | Path):
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with files.atomic_path(target) as tmp:
                     shutil.copyfile(path, tmp)
-    return write_manifest(processed)
 
 
 def read_manifest(processed: str | Path):

@@ -111,6 +111,21 @@ def sync_lag_scores(audio: np.ndarray, mouth: np.ndarray, weights: np.ndarray) -
     return np.array(scores)
 
 
+def add_sums(first: tuple | None, second: tuple) -> tuple:
+    """Normal equations (gram, moment, frames) added."""
+    return second if first is None else tuple(a + b for a, b in zip(first, second))
+
+
+def left_out_weights(total: tuple, own: tuple | None, min_frames: float) -> np.ndarray | None:
+    """The store model learned on every source but one (leave-source-out): the normal equations of all sources
+    minus that source's own, ridge-regularised; None when fewer than `min_frames` frames remain to learn from.
+    The one fit behind QA's offsets (store_sync_scores) and the face that speaks (a2m_lib.faces.judge_store)."""
+    gram, moment, n_frames = total if own is None else (t - o for t, o in zip(total, own))
+    if n_frames < min_frames:
+        return None
+    return np.linalg.solve(gram + SYNC_RIDGE * n_frames * np.eye(len(gram)), moment)
+
+
 def store_sync_scores(features: dict, by_source: dict, offsets: dict, min_frames: float) -> dict:
     """Lag scores of every clip from the store model (see a2m_lib.qa's docstring), or None for the clips of
     a source whose other sources hold fewer than min_frames frames to learn from.
@@ -128,15 +143,10 @@ def store_sync_scores(features: dict, by_source: dict, offsets: dict, min_frames
     for _ in range(SYNC_ITERATIONS):
         total = (0, 0, 0)
         for source in by_source:  # the order, and so the rounding, of summing every source's sums at once
-            total = tuple(a + b for a, b in zip(total, source_sums(source)))
+            total = add_sums(total, source_sums(source))
         for source, clip_ids in by_source.items():
-            own = source_sums(source)
-            gram, moment, n_frames = (total[i] - own[i] for i in range(3))
-            if n_frames < min_frames:
-                scores.update({c: None for c in clip_ids})
-                continue
-            weights = np.linalg.solve(gram + SYNC_RIDGE * n_frames * np.eye(len(gram)), moment)
-            scores.update({c: sync_lag_scores(*features[c], weights) for c in clip_ids})
+            weights = left_out_weights(total, source_sums(source), min_frames)
+            scores.update({c: None if weights is None else sync_lag_scores(*features[c], weights) for c in clip_ids})
         offsets = {source: peak(pool([(scores[c], len(features[c][1])) for c in clip_ids]))[0]
                    if scores[clip_ids[0]] is not None else offsets[source] for source, clip_ids in by_source.items()}
     return scores

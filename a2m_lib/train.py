@@ -3,11 +3,15 @@
     result = train.train(cfg, run_dir)              # in process, one device
     torchrun --nproc_per_node 2 -m a2m_lib.cli train --config C --run-dir R   # DDP; `accelerate launch` works too
 
+The loop (train) reads top to bottom: the split (dataset.make_split), resume or not (checkpoints.previous_state),
+the model, data and optimiser (build), then per batch train_step and per epoch end_epoch / save_epoch; where
+training is lives in one TrainState (epoch, step, best, losses, history), which checkpoints save and restore.
+
 Reads the run's accepted clips (run_dir/qa.csv) and neutrals (run_dir/neutral/). Writes, in run_dir:
     splits.csv                 clip_id, speaker, language, split (train | val | test), audio_shift_frames; written
                                once per run and kept in every checkpoint
     checkpoints/last.pt        every train.checkpoint_every steps and after every epoch (atomic): model, optimiser,
-                               scheduler, RNG states, epoch and step, the config, the split, `finished`
+                               scheduler, RNG states, the TrainState, the config, the split
     checkpoints/best.pt        the epoch with the lowest validation loss (what evaluation reads by default)
     train_log.csv              per epoch: train/val loss (per speaker and language too), motion ratio, lr, seconds
     tensorboard/               the same curves as TensorBoard event files
@@ -41,9 +45,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import checkpoints, faults, files, rundir
-from .checkpoints import ResumeRefused, TrainingDiverged  # noqa: F401 - callers catch them as train.ResumeRefused / train.TrainingDiverged
+from .checkpoints import ResumeRefused, TrainingDiverged, TrainState  # noqa: F401 - callers catch them as train.*
 from .config import Config, TrainConfig, load_config, write_run_config
-from .dataset import ClipDataset, EpochBatches, FeatureCache, collate, speaker_statistics, split_clips
+from .dataset import ClipDataset, EpochBatches, FeatureCache, collate, make_split, speaker_statistics, split_rows
 from .losses import loss_sums, total_loss
 from .model import Audio2Mesh, resolve_device
 
@@ -194,47 +198,46 @@ def _autocast(device: torch.device, precision: str):
 
 # ----------------------------------------------------------------------------------- the loop
 
-def train(cfg: Config, run_dir: str | Path, progress: bool = True) -> TrainResult:
-    run_dir = Path(run_dir)
-    tcfg = cfg.train
-    procs = start_processes(tcfg.device)
-    device = procs.device
-    rundir.checkpoints(run_dir).mkdir(parents=True, exist_ok=True)
-    seed_everything(cfg.seed)
-    if tcfg.num_threads:
-        torch.set_num_threads(tcfg.num_threads)
+@dataclass
+class Job:
+    """What the loop works with, built once (build): the model, the data and what trains it."""
 
-    accepted = rundir.accepted_clips(run_dir)
-    if accepted.empty:
-        raise RuntimeError(f"no clips passed QA in {rundir.qa_table(run_dir)}; see its reason column")
-    splits = split_clips(accepted, cfg.data.val_fraction, cfg.data.test_fraction, cfg.seed, cfg.data.split_by,
-                         cfg.data.train_minutes, cfg.data.fps)
-    split_columns = [c for c in ("clip_id", "speaker", "language", "split", "audio_shift_frames") if c in splits]
-    split = splits[split_columns].astype(str).values.tolist()
+    model: Audio2Mesh
+    network: torch.nn.Module  # the model as the step calls it: compiled and/or wrapped in DDP
+    train_set: ClipDataset
+    val_set: ClipDataset
+    optimiser: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    steps_per_epoch: int
+    languages: dict  # clip_id -> language, for validation per language
+
+    def batches(self, cfg: Config, state: TrainState, procs: "Processes"):
+        """The epoch's remaining batches (a resumed epoch skips those done), this process's share of each."""
+        self.train_set.set_epoch(state.epoch)
+        order = EpochBatches(len(self.train_set), cfg.train.batch_size, cfg.seed, state.epoch, skip=state.step,
+                             rank=procs.rank, world_size=procs.world_size)
+        return torch.utils.data.DataLoader(self.train_set, batch_sampler=order, collate_fn=collate,
+                                           num_workers=cfg.train.num_workers, pin_memory=procs.device.type == "cuda")
+
+
+def build(cfg: Config, run_dir: Path, splits: pd.DataFrame, procs: Processes) -> Job:
+    """Model (with each speaker's statistics), datasets, feature cache, optimiser, schedule, DDP."""
+    tcfg, device = cfg.train, procs.device
     neutrals = rundir.load_neutrals(run_dir)
     train_clips, val_clips = splits[splits.split == "train"], splits[splits.split == "val"]
     if train_clips.empty:
         raise RuntimeError("the training split is empty; add clips or lower data.val_fraction / data.test_fraction")
-    speakers = sorted(train_clips.speaker.unique())
-    languages = dict(zip(splits.clip_id, splits.language)) if "language" in splits else {}
-
-    # Resume, start afresh, or refuse: decided before anything is written.
-    last_path, best_path = rundir.checkpoint(run_dir, "last"), rundir.checkpoint(run_dir, "best")
-    saved = checkpoints.previous_state(run_dir, cfg, split, clear=procs.main)
-    if procs.main:
-        with files.atomic_path(rundir.splits(run_dir)) as tmp:
-            splits[split_columns].to_csv(tmp, index=False)
-
     if cfg.model.speaker_embedding and cfg.data.split_by == "speaker":
         raise ValueError("model.speaker_embedding cannot serve held-out speakers (data.split_by=speaker); "
                          "use model.speaker_normalisation, or data.split_by=clip")
-    model = Audio2Mesh(cfg.model, speakers, tcfg.reference).to(device)
+    speakers = sorted(train_clips.speaker.unique())
+    model = Audio2Mesh(cfg.model, speakers).to(device)
     if cfg.model.speaker_normalisation:
         model.set_speaker_statistics(*speaker_statistics(cfg.data.processed, train_clips, neutrals, cfg.model.n_vertices))
     cache = FeatureCache(cfg.data.processed, model, cfg.data.sample_rate) if model.frozen_features and tcfg.cache_features else None
     common = dict(processed=cfg.data.processed, neutrals=neutrals, n_vertices=cfg.model.n_vertices,
-                  sample_rate=cfg.data.sample_rate, speakers=speakers, seed=cfg.seed, features=cache, reference=tcfg.reference,
-                  cut_audio=not model.frozen_features)
+                  sample_rate=cfg.data.sample_rate, speakers=speakers, seed=cfg.seed, features=cache,
+                  reference=cfg.model.reference, cut_audio=not model.frozen_features, normalise=model.normalise)
     train_set = ClipDataset(clips=train_clips, whole_clip_fraction=tcfg.whole_clip_fraction,
                             min_subclip_frames=tcfg.min_subclip_frames, **common)
     val_set = ClipDataset(clips=val_clips, **common)
@@ -242,112 +245,148 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True) -> TrainResul
                                   weight_decay=tcfg.weight_decay)
     steps_per_epoch = EpochBatches.count(len(train_set), tcfg.batch_size, procs.world_size)
     scheduler = make_scheduler(optimiser, tcfg, steps_per_epoch * tcfg.epochs)
-    history: list[dict] = []
-    best = [float("inf"), -1]  # (val loss, epoch)
-    epoch, step_in_epoch, resumed_losses = 0, 0, []
-    if saved is not None:
-        history, best, epoch, step_in_epoch, resumed_losses = checkpoints.restore(saved, model, optimiser, scheduler)
-        if procs.main:
-            print(f"resuming from {last_path} at epoch {epoch}, step {step_in_epoch} of {steps_per_epoch}")
-    network = model
-    if tcfg.compile:
-        network = torch.compile(model)
+    network = torch.compile(model) if tcfg.compile else model
     if procs.world_size > 1:
         network = torch.nn.parallel.DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None)
+    languages = dict(zip(splits.clip_id, splits.language)) if "language" in splits else {}
+    return Job(model, network, train_set, val_set, optimiser, scheduler, steps_per_epoch, languages)
 
-    writer = None
+
+def train_step(job: Job, batch: dict, cfg: Config, state: TrainState, procs: Processes) -> float:
+    """One optimiser step on one batch; returns the loss over every process's share of it."""
+    tcfg, device = cfg.train, procs.device
+    augment = torch.Generator().manual_seed(cfg.seed * 1_000_003 + state.epoch * 10_007 + state.step) \
+        if tcfg.augment or tcfg.stretch else None
+    features = batch_features(job.model, batch, device, augment if tcfg.augment else None)       # (B, T, C)
+    target, mask, silent = batch["offsets"].to(device), batch["mask"].to(device), batch["silent"].to(device)
+    if tcfg.stretch:
+        features, target, mask, silent = stretch_batch(features, target, mask, silent, batch["lengths"], tcfg.stretch, augment)
+    with _autocast(device, tcfg.precision):
+        prediction = job.network(features, mask, batch["speaker_ids"].to(device), batch["reference"].to(device))
+    sums = loss_sums(prediction.float(), target, mask, silent, batch["base"].to(device), tcfg.closure_weight)
+    loss = total_loss(sums, procs.sum([float(count) for _, count in sums.values()]), tcfg)
+    reported = procs.sum([float(loss.detach())])[0]
+    if not math.isfinite(reported):
+        raise TrainingDiverged(f"the training loss became {reported} at epoch {state.epoch}, step {state.step}; lower "
+                               f"train.lr (now {tcfg.lr}), or check the clips of this batch: {', '.join(batch['clip_ids'])}")
+    job.optimiser.zero_grad(set_to_none=True)
+    (loss * procs.world_size).backward()  # DDP averages gradients over processes; the loss is already global
+    job.optimiser.step()
+    job.scheduler.step()
+    return reported
+
+
+def train(cfg: Config, run_dir: str | Path, progress: bool = True) -> TrainResult:
+    """Train the run's model (see the module docstring): the loop, top to bottom."""
+    run_dir, tcfg = Path(run_dir), cfg.train
+    procs = start_processes(tcfg.device)
+    rundir.checkpoints(run_dir).mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed)
+    if tcfg.num_threads:
+        torch.set_num_threads(tcfg.num_threads)
+    splits = make_split(cfg, run_dir, write=False)
+    split = split_rows(splits)
+    saved = checkpoints.previous_state(run_dir, cfg, split, clear=procs.main)  # resume, afresh or refuse: nothing written yet
     if procs.main:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(rundir.tensorboard(run_dir)))
+        rundir.write_splits(run_dir, splits)
+    job = build(cfg, run_dir, splits, procs)
+    state = checkpoints.restore(saved, job.model, job.optimiser, job.scheduler) if saved else TrainState()
+    if saved and procs.main:
+        print(f"resuming {run_dir} at epoch {state.epoch}, step {state.step} of {job.steps_per_epoch}")
+    log = TrainingLog(run_dir) if procs.main else None
+    bar = tqdm(total=job.steps_per_epoch * tcfg.epochs, initial=state.epoch * job.steps_per_epoch + state.step,
+               desc="train", disable=not (progress and procs.main))
     started = time.time()
-    bar = tqdm(total=steps_per_epoch * tcfg.epochs, initial=epoch * steps_per_epoch + step_in_epoch, desc="train",
-               disable=not (progress and procs.main))
     try:
-        while epoch < tcfg.epochs:
+        while state.epoch < tcfg.epochs:
             epoch_start = time.time()
-            losses, resumed_losses = resumed_losses, []  # a resumed epoch keeps its earlier steps' losses
-            train_set.set_epoch(epoch)
-            batches = EpochBatches(len(train_set), tcfg.batch_size, cfg.seed, epoch, skip=step_in_epoch,
-                                   rank=procs.rank, world_size=procs.world_size)
-            loader = torch.utils.data.DataLoader(train_set, batch_sampler=batches, collate_fn=collate,
-                                                 num_workers=tcfg.num_workers, pin_memory=device.type == "cuda")
-            for batch in loader:
-                augment = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 10_007 + step_in_epoch) \
-                    if tcfg.augment or tcfg.stretch else None
-                features = batch_features(model, batch, device, augment if tcfg.augment else None)
-                target, mask, silent = batch["offsets"].to(device), batch["mask"].to(device), batch["silent"].to(device)
-                if tcfg.stretch:
-                    features, target, mask, silent = stretch_batch(features, target, mask, silent, batch["lengths"],
-                                                                   tcfg.stretch, augment)
-                with _autocast(device, tcfg.precision):
-                    prediction = network(features, mask, batch["speaker_ids"].to(device), batch["reference"].to(device))
-                sums = loss_sums(prediction.float(), target, mask, silent)
-                counts = procs.sum([float(count) for _, count in sums.values()])
-                loss = total_loss(sums, counts, tcfg)
-                reported = procs.sum([float(loss.detach())])[0]
-                if not math.isfinite(reported):
-                    raise TrainingDiverged(
-                        f"the training loss became {reported} at epoch {epoch}, step {step_in_epoch}; {last_path} keeps the "
-                        f"last good state. Lower train.lr (now {tcfg.lr}), or check the clips of this batch: "
-                        f"{', '.join(batch['clip_ids'])}")
-                optimiser.zero_grad(set_to_none=True)
-                (loss * procs.world_size).backward()  # DDP averages gradients over processes; the loss is already global
-                optimiser.step()
-                scheduler.step()
-                losses.append(reported)
-                step_in_epoch += 1
+            for batch in job.batches(cfg, state, procs):
+                try:
+                    state.epoch_losses.append(train_step(job, batch, cfg, state, procs))
+                except TrainingDiverged as error:
+                    raise TrainingDiverged(f"{error}. {rundir.checkpoint(run_dir, 'last')} keeps the last good state") from None
+                state.step += 1
                 bar.update()
-                bar.set_postfix(loss=f"{reported:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-                global_step = epoch * steps_per_epoch + step_in_epoch
-                if tcfg.checkpoint_every and global_step % tcfg.checkpoint_every == 0 and step_in_epoch < steps_per_epoch \
-                        and procs.main:
-                    checkpoints.save(last_path, model, optimiser, scheduler, dict(
-                        epoch=epoch, step_in_epoch=step_in_epoch, epoch_losses=losses, best=best, finished=False),
-                        history, cfg, split)
-                faults.crash_point("train.step", f"{epoch}:{step_in_epoch}")
-            row = dict(epoch=epoch, train_loss=float(np.mean(losses)) if losses else float("nan"), val_loss=float("nan"),
-                       lr=float(scheduler.get_last_lr()[0]))
-            if len(val_set) and (epoch % tcfg.validate_every == 0 or epoch == tcfg.epochs - 1):
-                row.update(validate(model, val_set, languages, device, tcfg.batch_size))
-            row["seconds"] = time.time() - epoch_start
-            history.append(row)
-            epoch, step_in_epoch = epoch + 1, 0
+                bar.set_postfix(loss=f"{state.epoch_losses[-1]:.4f}", lr=f"{job.scheduler.get_last_lr()[0]:.2e}")
+                done = state.epoch * job.steps_per_epoch + state.step
+                if procs.main and tcfg.checkpoint_every and done % tcfg.checkpoint_every == 0 \
+                        and state.step < job.steps_per_epoch:
+                    checkpoints.save(rundir.checkpoint(run_dir, "last"), job.model, job.optimiser, job.scheduler, state,
+                                     cfg, split)
+                faults.crash_point("train.step", f"{state.epoch}:{state.step}")
+            improved = end_epoch(job, state, cfg, procs, time.time() - epoch_start)
             if procs.main:
-                monitored = row["val_loss"] if len(val_set) else row["train_loss"]
-                progress_state = dict(epoch=epoch, step_in_epoch=0, best=best, finished=epoch == tcfg.epochs)
-                if math.isfinite(monitored) and monitored < best[0]:
-                    best[:] = [monitored, epoch - 1]
-                    checkpoints.save(best_path, model, optimiser, scheduler, progress_state, history, cfg, split)
-                checkpoints.save(last_path, model, optimiser, scheduler, progress_state, history, cfg, split)
-                with files.atomic_path(rundir.train_log(run_dir)) as tmp:
-                    pd.DataFrame(history).to_csv(tmp, index=False)
-                for key, value in row.items():
-                    if key != "epoch" and isinstance(value, float) and math.isfinite(value):
-                        writer.add_scalar(key.replace("[", "/").replace("]", ""), value, row["epoch"])
-                writer.flush()
+                save_epoch(job, state, cfg, split, run_dir, log, improved)
     finally:
         bar.close()
-        if writer is not None:
-            writer.close()
-    result = _summary(history, best, str(device), time.time() - started, tcfg.collapse_ratio)
-    result.encoder = model.audio_encoder.describe()
+        if log is not None:
+            log.close()
+    result = _summary(state, str(procs.device), time.time() - started, tcfg.collapse_ratio)
+    result.encoder = job.model.audio_encoder.describe()
     if procs.main:
-        files.write_json(rundir.train_summary(run_dir), dataclasses.asdict(result) | dict(history=None))
+        files.write_json(rundir.train_summary(run_dir), dataclasses.asdict(result) | dict(
+            history=None, encoder_record=job.model.audio_encoder.record()))
     if result.warning:
         warnings.warn(result.warning, stacklevel=2)
     return result
 
 
-def _summary(history: list, best: list, device: str, seconds: float, collapse_ratio: float) -> TrainResult:
-    table = pd.DataFrame(history)
+def end_epoch(job: Job, state: TrainState, cfg: Config, procs: Processes, seconds: float) -> bool:
+    """Validate (every train.validate_every epochs and the last) and close the epoch in `state`; True when the
+    monitored loss (validation's, or training's without validation clips) is the best so far."""
+    row = dict(epoch=state.epoch, train_loss=float(np.mean(state.epoch_losses)) if state.epoch_losses else float("nan"),
+               val_loss=float("nan"), lr=float(job.scheduler.get_last_lr()[0]))
+    if len(job.val_set) and (state.epoch % cfg.train.validate_every == 0 or state.epoch == cfg.train.epochs - 1):
+        row.update(validate(job.model, job.val_set, job.languages, procs.device, cfg.train.batch_size))
+    row["seconds"] = seconds
+    state.history.append(row)
+    state.epoch, state.step, state.epoch_losses = state.epoch + 1, 0, []
+    state.finished = state.epoch == cfg.train.epochs
+    monitored = row["val_loss"] if len(job.val_set) else row["train_loss"]
+    improved = math.isfinite(monitored) and monitored < state.best_loss
+    if improved:
+        state.best_loss, state.best_epoch = monitored, state.epoch - 1
+    return improved
+
+
+def save_epoch(job: Job, state: TrainState, cfg: Config, split: list, run_dir: Path, log: "TrainingLog",
+               improved: bool) -> None:
+    """After an epoch, by the process that writes: the best checkpoint when validation improved, the last, the logs."""
+    for name in (("best", "last") if improved else ("last",)):
+        checkpoints.save(rundir.checkpoint(run_dir, name), job.model, job.optimiser, job.scheduler, state, cfg, split)
+    log.write(state.history)
+
+
+class TrainingLog:
+    """train_log.csv (one row per epoch) and the same curves as TensorBoard scalars."""
+
+    def __init__(self, run_dir: Path):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.path, self.writer = rundir.train_log(run_dir), SummaryWriter(str(rundir.tensorboard(run_dir)))
+
+    def write(self, history: list[dict]) -> None:
+        with files.atomic_path(self.path) as tmp:
+            pd.DataFrame(history).to_csv(tmp, index=False)
+        row = history[-1]
+        for key, value in row.items():
+            if key != "epoch" and isinstance(value, float) and math.isfinite(value):
+                self.writer.add_scalar(key.replace("[", "/").replace("]", ""), value, row["epoch"])
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _summary(state: TrainState, device: str, seconds: float, collapse_ratio: float) -> TrainResult:
+    table = pd.DataFrame(state.history)
     ratios = table["val_motion_ratio"].dropna() if "val_motion_ratio" in table else pd.Series(dtype=float)
     ratio = float(ratios.iloc[-1]) if len(ratios) else float("nan")
     collapsed = bool(math.isfinite(ratio) and ratio < collapse_ratio)
     warning = (f"COLLAPSE: on validation the predicted motion is {ratio:.2f} x the true motion (below "
                f"train.collapse_ratio={collapse_ratio}): the model predicts almost no movement. See the README's "
                f"real-footage recipe (configs/real.yaml) and its \"Which encoder when\"") if collapsed else ""
-    return TrainResult(history=table, best_epoch=int(best[1]), best_val_loss=float(best[0]), device=device,
+    return TrainResult(history=table, best_epoch=int(state.best_epoch), best_val_loss=float(state.best_loss), device=device,
                        seconds=seconds, motion_ratio=ratio, collapsed=collapsed, warning=warning)
 
 
@@ -362,7 +401,7 @@ def load_result(run_dir: str | Path) -> TrainResult:
 def launch(run_dir: str | Path, processes: int) -> TrainResult:
     """Train in `processes` processes with torchrun (DDP) and wait: each reads the run's config.yaml, no overrides."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-               "-m", "a2m_lib.cli", "train", "--config", str(rundir.config(run_dir)), "--run-dir", str(run_dir)]
+               "-m", "a2m_lib.cli", "train", "--run-dir", str(run_dir)]
     print(" ".join(command), flush=True)
     subprocess.run(command, check=True)
     return load_result(run_dir)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from a2m_lib import extract, media, qa, rundir, synth
+from a2m_lib import extract, media, neutral, qa, rundir, synth
 from a2m_lib.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,6 +45,21 @@ def qa_run(processed, tmp_path_factory, cfg) -> Path:
 @pytest.fixture(scope="session")
 def accepted(qa_run):
     return rundir.accepted_clips(qa_run)
+
+
+@pytest.fixture(scope="session")
+def base_run(qa_run, processed, tmp_path_factory) -> Path:
+    """A run with what notebooks 02 and 03 leave (QA's decisions and the neutrals): tests start runs from it with
+    rundir.branch, as the benchmarks do."""
+    run_dir = tmp_path_factory.mktemp("base_run")
+    (run_dir / "qa.csv").write_bytes(rundir.qa_table(qa_run).read_bytes())
+    neutral.choose(run_dir, neutral.Ranking(processed, rundir.accepted_clips(run_dir)), "auto")
+    return run_dir
+
+
+# A small scratch model for tests that train: -p style overrides on top of configs/demo.yaml
+SMALL_SCRATCH = {"model.encoder_options.hidden": 32, "model.encoder_options.layers": 1,
+                 "model.encoder_options.conv_channels": 16, "model.latent_dim": 16}
 
 
 def require_eval_media(*relative: str) -> list[Path]:

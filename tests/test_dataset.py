@@ -7,7 +7,7 @@ from a2m_lib.dataset import EpochBatches, collate
 
 def test_collate_pads_features_and_masks():
     batch = [dict(features=torch.ones(n, 8), offsets=torch.ones(n, 468, 3), valid=torch.ones(n, dtype=torch.bool),
-                  silent=torch.zeros(n, dtype=torch.bool), clip_id=c, speaker_id=0, reference=torch.zeros(468, 3))
+                  silent=torch.zeros(n, dtype=torch.bool), clip_id=c, speaker_id=0, reference=torch.zeros(468, 3), base=torch.zeros(468, 3))
              for c, n in (("a", 10), ("b", 25))]
     out = collate(batch)
     assert out["features"].shape == (2, 25, 8) and out["offsets"].shape == (2, 25, 468, 3)

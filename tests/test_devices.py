@@ -1,5 +1,4 @@
 """The GPU path, tested on the CPU: device selection, bf16 autocast, and checkpoints that move between devices."""
-import shutil
 import zipfile
 from pathlib import Path
 
@@ -7,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from a2m_lib import neutral, train
+from a2m_lib import rundir, train
 from a2m_lib.config import load_config
 from a2m_lib.model import load_checkpoint, load_model, resolve_device
+from tests.conftest import SMALL_SCRATCH
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = {"model.scratch_hidden": 32, "model.scratch_layers": 1, "model.scratch_conv_channels": 16,
-         "model.latent_dim": 16, "train.batch_size": 2, "train.num_threads": 1, "train.epochs": 1}
+SMALL = {**SMALL_SCRATCH, "train.batch_size": 2, "train.num_threads": 1, "train.epochs": 1}
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
@@ -30,11 +29,9 @@ def test_bf16_autocast_only_where_asked_or_on_cuda():
 
 
 @pytest.fixture(scope="module")
-def bf16_run(processed, qa_run, accepted, tmp_path_factory):
+def bf16_run(processed, base_run, tmp_path_factory):
     """One epoch of the demo recipe (small) with bf16 autocast on the CPU, as `auto` would run it on a GPU."""
-    run_dir = tmp_path_factory.mktemp("bf16_run")
-    shutil.copy(qa_run / "qa.csv", run_dir / "qa.csv")
-    neutral.resolve(processed, accepted, "auto", run_dir)
+    run_dir = rundir.branch(base_run, tmp_path_factory.mktemp("bf16_run"))
     cfg = load_config(REPO / "configs" / "demo.yaml", {"data.processed": str(processed), **SMALL,
                                                        "train.precision": "bf16"})
     result = train.train(cfg, run_dir, progress=False)

@@ -39,3 +39,39 @@ def test_computing_modules_import_without_matplotlib_ipywidgets_or_mediapipe():
 
 
 # ------------------------------------------------------------------ model files never run code (issue 14)
+
+
+# ------------------------------------------------------------------ one spelling of each run file (rundir.py)
+RUN_FILES = ("config.yaml", "run.json", "qa.csv", "choice.json", "splits.csv", "train_log.csv", "train_summary.json",
+             "metrics.json", "articulation.json")
+RUN_FOLDERS = ("neutral", "checkpoints", "renders", "predictions", "tensorboard")  # (notebooks/ is also the repo's)
+
+
+def _strings_outside_docstrings(tree: ast.AST) -> list[ast.Constant]:
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.body
+                  and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    return [node for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings]
+
+
+def test_a_run_files_name_is_spelled_in_rundir_alone():
+    """Every module but rundir.py names a run's files and folders through rundir (rundir.splits(run_dir), ...): a file
+    name in a string, a message included, or a folder joined as `run_dir / "neutral"`, fails here. Docstrings and
+    comments may mention them."""
+    offenders = []
+    for path in sorted((REPO / "a2m_lib").rglob("*.py")):
+        if path.name == "rundir.py":
+            continue
+        tree = ast.parse(path.read_text())
+        for node in _strings_outside_docstrings(tree):
+            if any(name in node.value for name in RUN_FILES) or any(f"{name}/" in node.value for name in RUN_FOLDERS):
+                offenders.append(f"{path.relative_to(REPO)}:{node.lineno}: {node.value!r}")
+        for node in ast.walk(tree):
+            if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div) and isinstance(node.right, ast.Constant) \
+                    and node.right.value in RUN_FOLDERS + RUN_FILES:
+                offenders.append(f"{path.relative_to(REPO)}:{node.lineno}: / {node.right.value!r}")
+    assert not offenders, "\n".join(offenders)
+    # and the test sees what it claims to: a module that spelled one would be caught
+    caught = _strings_outside_docstrings(ast.parse('"""splits.csv in a docstring"""\nx = f"see {d}/splits.csv"'))
+    assert [c.value for c in caught] == ["see ", "/splits.csv"]  # the f-string's pieces; not the docstring

@@ -3,7 +3,6 @@
 import dataclasses
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,13 +12,18 @@ import pytest
 import torch
 from transformers import Wav2Vec2Model
 
-from a2m_lib import config, model, neutral, train
+from a2m_lib import config, model, rundir, train
 from a2m_lib.config import ConfigError, ModelConfig, load_config
-from a2m_lib.encoders import EncoderLoadError, scratch_encoder_config
-from a2m_lib.model import Audio2Mesh, normalise_audio, resolve_device
+from a2m_lib.encoders import EncoderLoadError
+from a2m_lib.encoders.wav2vec2 import ScratchEncoder
+from a2m_lib.model import Audio2Mesh, resolve_device
 from tests.conftest import REPO
 
-TINY = dict(scratch_hidden=32, scratch_layers=2, scratch_conv_channels=16)
+TINY = dict(hidden=32, layers=2, conv_channels=16)
+
+
+def w2v2(path, latent_dim: int = 16, **options) -> ModelConfig:
+    return ModelConfig(encoder="wav2vec2", encoder_options=dict(pretrained=str(path), **options), latent_dim=latent_dim)
 
 
 @pytest.fixture(scope="module")
@@ -27,17 +31,17 @@ def tiny_checkpoint(tmp_path_factory):
     """A tiny Wav2Vec2 saved locally: the real from_pretrained(path) code path, without any hub."""
     path = tmp_path_factory.mktemp("tiny_wav2vec2")
     torch.manual_seed(0)
-    Wav2Vec2Model(scratch_encoder_config(ModelConfig(encoder="scratch", **TINY))).save_pretrained(path)
+    Wav2Vec2Model(ScratchEncoder.architecture(ScratchEncoder.Options(**TINY))).save_pretrained(path)
     return path
 
 
 def _features(model, seconds, n_frames, seed=0):
-    audio = torch.from_numpy(normalise_audio(np.random.default_rng(seed).normal(size=int(16000 * seconds))))
+    audio = torch.from_numpy(model.normalise(np.random.default_rng(seed).normal(size=int(16000 * seconds))))
     return model.frame_features(audio, n_frames)
 
 
 def test_encoder_loads_from_a_local_pretrained_folder(tiny_checkpoint):
-    model = Audio2Mesh(ModelConfig(encoder="wav2vec2", pretrained=str(tiny_checkpoint), latent_dim=16, n_vertices=468))
+    model = Audio2Mesh(w2v2(tiny_checkpoint))
     reference = Wav2Vec2Model.from_pretrained(tiny_checkpoint)
     for name, tensor in reference.state_dict().items():
         assert torch.equal(model.audio_encoder.state_dict()[name], tensor), name
@@ -47,7 +51,7 @@ def test_encoder_loads_from_a_local_pretrained_folder(tiny_checkpoint):
 
 
 def test_state_dict_uses_aniportraits_names(tiny_checkpoint):
-    model = Audio2Mesh(ModelConfig(encoder="wav2vec2", pretrained=str(tiny_checkpoint), latent_dim=16))
+    model = Audio2Mesh(w2v2(tiny_checkpoint))
     names = set(model.state_dict())
     assert {"in_fn.weight", "in_fn.bias", "out_fn.weight", "out_fn.bias"} <= names
     assert {f"audio_encoder.{n}" for n in Wav2Vec2Model.from_pretrained(tiny_checkpoint).state_dict()} == names - {
@@ -56,14 +60,14 @@ def test_state_dict_uses_aniportraits_names(tiny_checkpoint):
 
 
 def test_missing_encoder_gives_a_clear_error_and_no_fallback(tmp_path):
-    with pytest.raises(EncoderLoadError, match="model.pretrained.*save_pretrained.*model.encoder=mel"):
-        Audio2Mesh(ModelConfig(encoder="wav2vec2", pretrained=str(tmp_path / "nowhere")))
-    with pytest.raises(ConfigError, match="model.pretrained"):
+    with pytest.raises(EncoderLoadError, match="model.encoder_options.pretrained.*save_pretrained.*model.encoder=mel"):
+        Audio2Mesh(w2v2(tmp_path / "nowhere"))
+    with pytest.raises(ConfigError, match="model.encoder_options.pretrained"):
         load_config(None, {"model.encoder": "facebook/wav2vec2-base-960h"})
 
 
 def test_forward_shapes_and_zero_init(tiny_checkpoint):
-    model = Audio2Mesh(ModelConfig(encoder="wav2vec2", pretrained=str(tiny_checkpoint), latent_dim=16))
+    model = Audio2Mesh(w2v2(tiny_checkpoint))
     features = _features(model, 1.0, 30)
     assert features.shape == (30, 16)  # the CNN output resampled to 30 frames
     offsets = model(torch.stack([features, features]), torch.ones(2, 30, dtype=torch.bool))
@@ -74,27 +78,28 @@ def test_forward_shapes_and_zero_init(tiny_checkpoint):
 def test_mean_of_hidden_states_is_what_transformers_returns(tiny_checkpoint):
     """Without resampling (n_frames = the CNN's own length), averaging must equal the top-level model's
     output_hidden_states=True average, embedding output included, as AniPortrait computes it."""
-    model = Audio2Mesh(ModelConfig(encoder="wav2vec2", pretrained=str(tiny_checkpoint), latent_dim=16,
-                                   only_last_features=False)).eval()
-    audio = torch.from_numpy(normalise_audio(np.random.default_rng(1).normal(size=16000)))[None]
+    model = Audio2Mesh(w2v2(tiny_checkpoint, only_last_features=False)).eval()
+    audio = torch.from_numpy(model.normalise(np.random.default_rng(1).normal(size=16000)))[None]
     with torch.no_grad():
         reference = model.audio_encoder(audio, output_hidden_states=True)
         expected = torch.stack(reference.hidden_states).mean(0)
         n_frames = expected.shape[1]
         features = model.frame_features(audio[0], n_frames)[None]
         got = model.audio_encoder.encode(features, torch.ones(1, n_frames, dtype=torch.bool))
-        model.audio_encoder.a2m_cfg = dataclasses.replace(model.cfg, only_last_features=True)
+        model.audio_encoder.options = dataclasses.replace(model.audio_encoder.options, only_last_features=True)
         got_last = model.audio_encoder.encode(features, torch.ones(1, n_frames, dtype=torch.bool))
     assert len(reference.hidden_states) == model.audio_encoder.config.num_hidden_layers + 1
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(got_last, reference.last_hidden_state, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("encoder", [dict(encoder="scratch"), dict(encoder="mel"), dict(encoder="whisper"),
-                                     dict(encoder="whisper", finetune_layers=1)], ids=["scratch", "mel", "whisper", "whisper-ft1"])
-def test_a_padded_clip_gives_what_it_gives_alone(encoder):
+@pytest.mark.parametrize("encoder, options", [("scratch", dict(only_last_features=False, **TINY)), ("mel", dict(conv_hidden=32)),
+                                              ("whisper", dict(conv_hidden=32)),
+                                              ("whisper", dict(conv_hidden=32, finetune_layers=1))],
+                         ids=["scratch", "mel", "whisper", "whisper-ft1"])
+def test_a_padded_clip_gives_what_it_gives_alone(encoder, options):
     torch.manual_seed(0)
-    model = Audio2Mesh(ModelConfig(**encoder, latent_dim=16, only_last_features=False, conv_hidden=32, **TINY)).eval()
+    model = Audio2Mesh(ModelConfig(encoder=encoder, encoder_options=options, latent_dim=16)).eval()
     torch.nn.init.normal_(model.out_fn.weight)
     short, long = _features(model, 1.0, 30, seed=2), _features(model, 2.0, 60, seed=3)
     padded = torch.zeros(2, 60, short.shape[1])
@@ -108,14 +113,29 @@ def test_a_padded_clip_gives_what_it_gives_alone(encoder):
 
 
 def test_mel_encoder_features_are_log_mel_at_the_frame_rate():
-    model = Audio2Mesh(ModelConfig(encoder="mel", mel_bands=40, conv_hidden=32, latent_dim=16))
-    features = _features(model, 2.0, 60)
-    assert features.shape == (60, 40) and model.frozen_features and torch.isfinite(features).all()
+    """A second of silence (faint noise), then a second of a 1 kHz tone: the tone's frames are loud in the mel band
+    that holds 1 kHz and in no band far from it, the silent ones are not, and the frames follow the time axis."""
+    import librosa
+
+    model = Audio2Mesh(ModelConfig(encoder="mel", encoder_options=dict(bands=40, conv_hidden=32), latent_dim=16))
+    rng = np.random.default_rng(0)
+    audio = np.concatenate([1e-4 * rng.normal(size=16000), 0.5 * np.sin(2 * np.pi * 1000 * np.arange(16000) / 16000)])
+    features = model.frame_features(torch.from_numpy(model.normalise(audio)), 60).numpy()      # (60, 40)
+    assert features.shape == (60, 40) and model.frozen_features
+    centres = librosa.mel_frequencies(40 + 2, fmax=8000)[1:-1]
+    tone_band = int(np.argmin(np.abs(centres - 1000)))
+    silent, tone = features[3:27], features[33:57]  # clear of the edge where the tone starts
+    # standardised per band over the recording: half silence, half tone puts the tone's band near +1 and -1
+    assert (tone[:, tone_band] > silent[:, tone_band] + 1.5).all()
+    assert (np.abs(tone.argmax(1) - tone_band) <= 2).all()  # the loudest band is the tone's (a window leaks a band)
+    far = np.abs(np.arange(40) - tone_band) > 6
+    assert (tone[:, far] < 0).all()  # bands far from 1 kHz do not rise with the tone
 
 
 def test_speaker_embedding_and_dynamic_reference_change_the_output():
-    cfg = ModelConfig(encoder="mel", conv_hidden=32, latent_dim=16, speaker_embedding=True)
-    model = Audio2Mesh(cfg, speakers=["a", "b"], reference="random_frame").eval()
+    cfg = ModelConfig(encoder="mel", encoder_options=dict(conv_hidden=32), latent_dim=16, speaker_embedding=True,
+                      reference="random_frame")
+    model = Audio2Mesh(cfg, speakers=["a", "b"]).eval()
     torch.nn.init.normal_(model.out_fn.weight)
     features, mask = _features(model, 1.0, 30)[None].repeat(2, 1, 1), torch.ones(2, 30, dtype=torch.bool)
     reference = torch.zeros(2, 468, 3)
@@ -130,8 +150,7 @@ def test_speaker_embedding_and_dynamic_reference_change_the_output():
 
 def test_save_and_load_pretrained_are_symmetric(tiny_checkpoint, tmp_path):
     torch.manual_seed(1)
-    model = Audio2Mesh(ModelConfig(encoder="wav2vec2", pretrained=str(tiny_checkpoint), latent_dim=16,
-                                   speaker_embedding=True), speakers=["x", "y"])
+    model = Audio2Mesh(dataclasses.replace(w2v2(tiny_checkpoint), speaker_embedding=True), speakers=["x", "y"])
     torch.nn.init.normal_(model.out_fn.weight)
     model.save_pretrained(tmp_path / "a2m")
     loaded = Audio2Mesh.from_pretrained(tmp_path / "a2m")
@@ -143,7 +162,7 @@ def test_save_and_load_pretrained_are_symmetric(tiny_checkpoint, tmp_path):
 
 def test_device_auto_and_audio_normalisation():
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
-    normalised = normalise_audio(np.random.default_rng(0).normal(3, 5, 1000).astype(np.float32))
+    normalised = _tiny_model().normalise(np.random.default_rng(0).normal(3, 5, 1000).astype(np.float32))
     assert abs(normalised.mean()) < 1e-4 and abs(normalised.std() - 1) < 1e-3
 
 
@@ -156,7 +175,7 @@ def test_a_pretrained_style_encoder_round_trips(tmp_path):
     config = Wav2Vec2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
                             conv_dim=(16,) * 7, mask_time_prob=0.05)
     Wav2Vec2Model(config).save_pretrained(tmp_path / "hub_like")
-    model = Audio2Mesh(ModelConfig(encoder="wav2vec2", pretrained=str(tmp_path / "hub_like"), latent_dim=16))
+    model = Audio2Mesh(w2v2(tmp_path / "hub_like"))
     assert "audio_encoder.masked_spec_embed" in model.state_dict()
     model.save_pretrained(tmp_path / "saved")
     loaded = load_model(tmp_path / "saved")
@@ -165,8 +184,8 @@ def test_a_pretrained_style_encoder_round_trips(tmp_path):
 
 def _tiny_model() -> model.Audio2Mesh:
     torch.manual_seed(0)
-    return model.Audio2Mesh(config.ModelConfig(encoder="scratch", scratch_hidden=32, scratch_layers=1,
-                                               scratch_conv_channels=16, latent_dim=16))
+    return model.Audio2Mesh(config.ModelConfig(encoder="scratch", encoder_options=dict(hidden=32, layers=1, conv_channels=16),
+                                               latent_dim=16))
 
 
 def test_shared_model_is_safetensors_and_json(tmp_path):
@@ -184,11 +203,11 @@ def test_shared_model_is_safetensors_and_json(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_crafted_checkpoint_is_refused_by_every_loader_and_runs_nothing(tmp_path, processed, qa_run, accepted):
+def test_a_crafted_checkpoint_is_refused_by_every_loader_and_runs_nothing(tmp_path, processed, base_run):
     marker = tmp_path / "pwned"
     tiny = _tiny_model()
     crafted = dict(tiny.describe(), model=tiny.state_dict(), payload=_RunsCode(marker))
-    run_dir = tmp_path / "run"
+    run_dir = rundir.branch(base_run, tmp_path / "run")
     (run_dir / "checkpoints").mkdir(parents=True)
     for name in ("best.pt", "last.pt"):
         torch.save(crafted, run_dir / "checkpoints" / name)
@@ -203,8 +222,7 @@ def test_a_crafted_checkpoint_is_refused_by_every_loader_and_runs_nothing(tmp_pa
     from a2m_lib import evaluate
 
     cfg = config.load_config(REPO / "configs" / "demo.yaml", {"data.processed": str(processed)})
-    shutil.copy(qa_run / "qa.csv", run_dir / "qa.csv")
-    neutral.resolve(processed, accepted, "auto", run_dir)
+    config.write_run_config(cfg, run_dir)
     with pytest.raises(model.UnsafeModelFileError):
         evaluate.evaluate(cfg, run_dir, progress=False)
     # resuming training
@@ -214,12 +232,12 @@ def test_a_crafted_checkpoint_is_refused_by_every_loader_and_runs_nothing(tmp_pa
     from a2m_lib import predict
 
     with pytest.raises(model.UnsafeModelFileError):
-        predict.prepare(run_dir, None, None, "spk0", None)
+        predict.prepare(run_dir, None, None, "spk0", None)  # the run's config.yaml names its checkpoint
     with pytest.raises(model.UnsafeModelFileError):
         predict.prepare(None, run_dir / "checkpoints" / "last.pt", run_dir / "neutral" / "spk0.npz", None, None)
     with pytest.raises(model.UnsafeModelFileError):
         predict.export_aniportrait(run_dir, tmp_path / "export")
-    result = subprocess.run([sys.executable, "-m", "a2m_lib.cli", "predict", str(REPO / "README.md"), "--run", str(run_dir),
+    result = subprocess.run([sys.executable, "-m", "a2m_lib.cli", "predict", str(REPO / "README.md"), "--run-dir", str(run_dir),
                              "--out", str(tmp_path / "x.npz")], capture_output=True, text=True)
     assert result.returncode != 0 and "refused to load" in result.stderr
     assert not marker.exists()

@@ -1,9 +1,12 @@
 """a2m_lib.neutral and the picker (a2m_lib.picker) outside the browser: choices, ranking, the saved files."""
 
+import json
+
 import numpy as np
 import pytest
 
-from a2m_lib import neutral, picker, rundir, store
+from a2m_lib import files, neutral, picker, rundir, store
+from a2m_lib.config import NeutralChoice
 
 pytestmark = pytest.mark.slow  # needs an extracted store: make test-fast skips it
 
@@ -13,8 +16,13 @@ def _truth_for(synthetic_raw, clip_id):
     return np.load(synthetic_raw / speaker / f"{stem}.gt.npz", allow_pickle=True)["articulation"]
 
 
-def test_auto_neutral_has_a_nearly_closed_jaw_for_every_speaker(processed, synthetic_raw, tmp_path, accepted):
-    chosen = neutral.resolve(processed, accepted, "auto", tmp_path)
+@pytest.fixture(scope="module")
+def ranking(processed, accepted):
+    return neutral.Ranking(processed, accepted)
+
+
+def test_auto_neutral_has_a_nearly_closed_jaw_for_every_speaker(ranking, synthetic_raw, tmp_path, accepted):
+    chosen = neutral.choose(tmp_path, ranking, "auto")
     assert set(chosen.speaker) == {"spk0", "spk1"}
     for row in chosen.itertuples():
         jaws = np.concatenate([_truth_for(synthetic_raw, c)[:, 0] for c in accepted.clip_id[accepted.speaker == row.speaker]])
@@ -27,32 +35,44 @@ def test_auto_neutral_has_a_nearly_closed_jaw_for_every_speaker(processed, synth
         assert saved["clip_id"] == row.clip_id and saved["frame"] == row.frame
 
 
-def test_ranking_table_is_sorted_per_speaker(processed, accepted):
-    ranking = neutral.rank_candidates(processed, accepted, top_k=5)
-    assert len(ranking) == 10
-    for _, group in ranking.groupby("speaker"):
+def test_the_ranking_puts_closed_still_frames_first(ranking, synthetic_raw, accepted):
+    """The top candidates are distinct moments whose ground-truth jaw (synth's articulation) is among the speaker's
+    most closed, and the worst-scored frames are open: the scores rank what a neutral needs, not just sort."""
+    top = ranking.top(5)
+    assert len(top) == 10 and list(top.columns[:3]) == ["speaker", "clip_id", "frame"]
+    for speaker, group in top.groupby("speaker"):
         assert group.score.is_monotonic_increasing
+        jaws = np.concatenate([_truth_for(synthetic_raw, c)[:, 0] for c in accepted.clip_id[accepted.speaker == speaker]])
+        chosen = np.array([_truth_for(synthetic_raw, row.clip_id)[row.frame, 0] for row in group.itertuples()])
+        assert (chosen <= np.quantile(jaws, 0.25)).all(), chosen  # every candidate is among the most closed quarter
+        for (clip_a, frame_a), (clip_b, frame_b) in zip(group[["clip_id", "frame"]].values, group[["clip_id", "frame"]].values[1:]):
+            assert clip_a != clip_b or abs(frame_a - frame_b) >= 15  # distinct moments, not neighbours
+        worst = ranking.scored[speaker].tail(20)
+        open_jaws = np.array([_truth_for(synthetic_raw, row.clip_id)[row.frame, 0] for row in worst.itertuples()])
+        assert np.median(open_jaws) > np.quantile(jaws, 0.5)  # the least neutral frames have the mouth open
 
 
-def test_manual_frame_file_and_mean_closed_choices(processed, tmp_path, accepted):
+def test_manual_frame_file_and_mean_closed_choices(ranking, tmp_path, accepted):
     clip_id = accepted.clip_id[accepted.speaker == "spk1"].iloc[0]
-    chosen = neutral.resolve(processed, accepted, f"{clip_id}:5", tmp_path / "manual").set_index("speaker")
+    chosen = neutral.choose(tmp_path / "manual", ranking, f"{clip_id}:5").set_index("speaker")
     assert chosen.loc["spk1", "chosen_by"] == "manual" and chosen.loc["spk1", "frame"] == 5
     assert chosen.loc["spk0", "chosen_by"] == "auto"  # speakers not named fall back to auto
-    from_file = neutral.resolve(processed, accepted, str(rundir.neutral_file(tmp_path / "manual", "spk1")), tmp_path / "file").set_index("speaker")
+    from_file = neutral.choose(tmp_path / "file", ranking, str(rundir.neutral_file(tmp_path / "manual", "spk1"))).set_index("speaker")
     assert from_file.loc["spk1", "chosen_by"] == "file"
     np.testing.assert_array_equal(rundir.load_neutral(rundir.neutral_file(tmp_path / "file", "spk1"))["mesh"],
                                   rundir.load_neutral(rundir.neutral_file(tmp_path / "manual", "spk1"))["mesh"])
-    mean = neutral.resolve(processed, accepted, "mean-closed", tmp_path / "mean")
+    mean = neutral.choose(tmp_path / "mean", ranking, NeutralChoice.parse("mean-closed"))
     assert (mean.chosen_by == "mean-closed").all()
     with pytest.raises(ValueError, match="not among the accepted clips"):
-        neutral.resolve(processed, accepted, "nope:3", tmp_path / "bad")
+        neutral.choose(tmp_path / "bad", ranking, "nope:3")
 
 
-def test_picker_buttons_write_the_neutral_file_at_once(processed, tmp_path, accepted):
-    chooser = picker.NeutralPicker(processed, accepted, tmp_path, top_k=3)
+def test_picker_buttons_choose_at_once_and_the_run_records_a_manual_pick(ranking, tmp_path):
+    neutral.choose(tmp_path, ranking, "auto")  # what notebook 03 did before the picker is used
+    files.write_json(rundir.record(tmp_path), {"status": "ok", "neutral": {"neutral": "auto", "speakers": []}})
+    chooser = picker.NeutralPicker(ranking, tmp_path, top_k=3)
     assert chooser.speaker.options == ("spk0", "spk1") and len(chooser.buttons) == 3
-    assert "no neutral saved yet" in chooser.status.value
+    assert "(chosen by auto)" in chooser.status.value
     # the scrubber starts on the first candidate's clip and frame, with its image drawn
     first = chooser.ranking[chooser.ranking.speaker == "spk0"].iloc[0]
     assert (chooser.clip.value, chooser.slider.value) == (first.clip_id, first.frame)
@@ -63,6 +83,11 @@ def test_picker_buttons_write_the_neutral_file_at_once(processed, tmp_path, acce
     saved = rundir.load_neutral(rundir.neutral_file(tmp_path, "spk1"))
     assert (saved["clip_id"], saved["frame"], saved["chosen_by"]) == (second.clip_id, second.frame, "manual")
     assert f"{second.clip_id}:{second.frame}" in chooser.status.value
+    # the pick is in choice.json and the run's record at once, the other speaker's row untouched
+    for entry in (json.loads(rundir.neutral_choice(tmp_path).read_text()), json.loads(rundir.record(tmp_path).read_text())["neutral"]):
+        rows = {row["speaker"]: row for row in entry["speakers"]}
+        assert (rows["spk1"]["chosen_by"], rows["spk1"]["frame"]) == ("manual", second.frame)
+        assert rows["spk0"]["chosen_by"] == "auto" and entry["neutral"] == "auto"
     # the scrubber: any clip, any frame
     chooser.clip.value = chooser.clip.options[-1]
     chooser.slider.value = 7
@@ -71,18 +96,18 @@ def test_picker_buttons_write_the_neutral_file_at_once(processed, tmp_path, acce
     saved = rundir.load_neutral(rundir.neutral_file(tmp_path, "spk1"))
     assert (saved["clip_id"], saved["frame"]) == (chooser.clip.options[-1], 7)
     # re-opening shows the saved choice, and re-running the notebook with auto keeps it
-    reopened = picker.NeutralPicker(processed, accepted, tmp_path, top_k=3)
+    reopened = picker.NeutralPicker(ranking, tmp_path, top_k=3)
     reopened.speaker.value = "spk1"
     assert f"{chooser.clip.options[-1]}:7" in reopened.status.value and "manual" in reopened.status.value
-    table = neutral.resolve(processed, accepted, "auto", tmp_path).set_index("speaker")
+    table = neutral.choose(tmp_path, ranking, "auto").set_index("speaker")
     assert table.loc["spk1", "chosen_by"] == "manual (kept)" and table.loc["spk0", "chosen_by"] == "auto"
     assert rundir.load_neutral(rundir.neutral_file(tmp_path, "spk1"))["frame"] == 7
 
 
-def test_training_targets_subtract_each_speakers_own_neutral(processed, tmp_path, accepted):
+def test_training_targets_subtract_each_speakers_own_neutral(processed, ranking, tmp_path, accepted):
     from a2m_lib.dataset import ClipDataset
 
-    neutral.resolve(processed, accepted, "auto", tmp_path)
+    neutral.choose(tmp_path, ranking, "auto")
     neutrals = rundir.load_neutrals(tmp_path)
     assert not np.allclose(neutrals["spk0"], neutrals["spk1"])
     dataset = ClipDataset(processed, accepted, neutrals, 468, 16000)  # whole clips only

@@ -60,8 +60,8 @@ def test_two_runs_with_other_qa_settings_keep_their_own_decisions(faulty_store_f
     for name, run_cfg in (("strict", strict), ("lenient", lenient)):
         run_dir = tmp_path / name
         run_cfg = dataclasses.replace(run_cfg, train=dataclasses.replace(run_cfg.train, epochs=1),
-                                      model=dataclasses.replace(run_cfg.model, scratch_hidden=32, latent_dim=16))
-        neutral.resolve(out, rundir.accepted_clips(run_dir), "auto", run_dir)
+                                      model=dataclasses.replace(run_cfg.model, latent_dim=16))
+        neutral.choose(run_dir, neutral.Ranking(out, rundir.accepted_clips(run_dir)), "auto")
         train.train(run_cfg, run_dir, progress=False)
         trained_on[name] = set(pd.read_csv(run_dir / "splits.csv").clip_id)
         assert runner.data_hashes(out, run_dir)["qa_table_sha256"] == files.sha256(run_dir / "qa.csv")

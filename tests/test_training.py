@@ -1,6 +1,5 @@
 """Training done properly: honest resume, feature cache, NaN guard, DDP, reproducibility, the collapse warning."""
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -11,26 +10,18 @@ import pandas as pd
 import pytest
 import torch
 
-from a2m_lib import neutral, train
+from a2m_lib import rundir, train
 from a2m_lib.config import load_config
 from a2m_lib.model import load_checkpoint, load_model
+from tests.conftest import SMALL_SCRATCH
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
-SMALL = {"model.scratch_hidden": 32, "model.scratch_layers": 1, "model.scratch_conv_channels": 16,
-         "model.latent_dim": 16, "train.batch_size": 2, "train.num_threads": 1}
+SMALL = {**SMALL_SCRATCH, "train.batch_size": 2, "train.num_threads": 1}
 
 
 def _cfg(processed, **overrides):
     return load_config(REPO / "configs" / "demo.yaml", {"data.processed": str(processed), **SMALL, **overrides})
-
-
-def _prepared_run(run_dir: Path, processed, qa_run, accepted) -> Path:
-    """A run folder with the QA decisions and neutrals that notebooks 02 and 03 would leave."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copy(qa_run / "qa.csv", run_dir / "qa.csv")
-    neutral.resolve(processed, accepted, "auto", run_dir)
-    return run_dir
 
 
 def _cli_train(run_dir, processed, overrides: dict, **popen):
@@ -41,11 +32,11 @@ def _cli_train(run_dir, processed, overrides: dict, **popen):
     return command
 
 
-def test_killed_mid_epoch_and_rerun_gives_the_uninterrupted_weights(processed, qa_run, accepted, tmp_path):
+def test_killed_mid_epoch_and_rerun_gives_the_uninterrupted_weights(processed, base_run, tmp_path):
     settings = {"train.epochs": 3, "train.checkpoint_every": 1}
-    whole = _prepared_run(tmp_path / "whole", processed, qa_run, accepted)
+    whole = rundir.branch(base_run, tmp_path / "whole")
     subprocess.run(_cli_train(whole, processed, settings), check=True, capture_output=True)
-    killed = _prepared_run(tmp_path / "killed", processed, qa_run, accepted)
+    killed = rundir.branch(base_run, tmp_path / "killed")
     # the training process dies (SIGKILL) right after the checkpoint of epoch 1, step 2: a known point, not a moment
     # found by polling from outside (a2m_lib.faults)
     crashed = subprocess.run(_cli_train(killed, processed, settings), capture_output=True,
@@ -53,9 +44,10 @@ def test_killed_mid_epoch_and_rerun_gives_the_uninterrupted_weights(processed, q
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
     last = killed / "checkpoints" / "last.pt"
     interrupted = load_checkpoint(last)
-    assert (interrupted["epoch"], interrupted["step_in_epoch"], interrupted["finished"]) == (1, 2, False), "killed mid-epoch"
+    progress = interrupted["state"]
+    assert (progress["epoch"], progress["step"], progress["finished"]) == (1, 2, False), "killed mid-epoch"
     result = subprocess.run(_cli_train(killed, processed, settings), capture_output=True, text=True)
-    assert result.returncode == 0 and "resuming from" in result.stdout, result.stderr[-2000:]
+    assert result.returncode == 0 and "at epoch 1, step 2" in result.stdout, result.stderr[-2000:]
     for name in ("last.pt", "best.pt"):
         a, b = (load_checkpoint(run / "checkpoints" / name)["model"] for run in (whole, killed))
         for key in a:
@@ -64,13 +56,13 @@ def test_killed_mid_epoch_and_rerun_gives_the_uninterrupted_weights(processed, q
                                   pd.read_csv(killed / "train_log.csv").drop(columns="seconds"))
 
 
-def test_finished_runs_train_afresh_and_changed_configs_refuse_to_resume(processed, qa_run, accepted, tmp_path):
-    run_dir = _prepared_run(tmp_path / "run", processed, qa_run, accepted)
+def test_finished_runs_train_afresh_and_changed_configs_refuse_to_resume(processed, base_run, tmp_path):
+    run_dir = rundir.branch(base_run, tmp_path / "run")
     first = train.train(_cfg(processed, **{"train.epochs": 1}), run_dir, progress=False)
     again = train.train(_cfg(processed, **{"train.epochs": 1}), run_dir, progress=False)  # --from 04 on a finished run
     assert len(again.history) == 1 and again.history.train_loss[0] == first.history.train_loss[0]
     state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
-    state["finished"] = False  # as if it had been interrupted
+    state["finished"] = state["state"]["finished"] = False  # as if it had been interrupted
     torch.save(state, run_dir / "checkpoints" / "last.pt")
     with pytest.raises(train.ResumeRefused, match=r"train\.lr \(0\.001 -> 0\.0001\).*train\.resume=false"):
         train.train(_cfg(processed, **{"train.epochs": 1, "train.lr": 1e-4}), run_dir, progress=False)
@@ -79,8 +71,8 @@ def test_finished_runs_train_afresh_and_changed_configs_refuse_to_resume(process
     assert len(fresh.history) == 1
 
 
-def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(processed, qa_run, accepted, tmp_path, monkeypatch):
-    run_dir = _prepared_run(tmp_path / "run", processed, qa_run, accepted)
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(processed, base_run, tmp_path, monkeypatch):
+    run_dir = rundir.branch(base_run, tmp_path / "run")
     train.train(_cfg(processed, **{"train.epochs": 1}), run_dir, progress=False)
     good = load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
     real_total = train.total_loss
@@ -96,26 +88,27 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(processed, 
                     run_dir, progress=False)
     kept = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert all(torch.isfinite(t).all() for t in kept["model"].values() if t.is_floating_point())
-    assert kept["step_in_epoch"] == 2 and not all(torch.equal(good[k], kept["model"][k]) for k in good)
+    assert kept["state"]["step"] == 2 and not all(torch.equal(good[k], kept["model"][k]) for k in good)
 
 
-@pytest.mark.parametrize("encoder", ["scratch", "mel", "whisper"])
-def test_the_feature_cache_gives_the_loss_curve_of_recomputing(processed, qa_run, accepted, tmp_path, encoder):
+@pytest.mark.parametrize("encoder, options", [("scratch", dict(hidden=32, layers=1, conv_channels=16)),
+                                              ("mel", dict(conv_hidden=32)), ("whisper", dict(conv_hidden=32))])
+def test_the_feature_cache_gives_the_loss_curve_of_recomputing(processed, base_run, tmp_path, encoder, options):
     curves = []
     for cached in (True, False):
-        run_dir = _prepared_run(tmp_path / f"cache{cached}", processed, qa_run, accepted)
-        cfg = _cfg(processed, **{"train.epochs": 2, "model.encoder": encoder, "model.freeze_feature_encoder": True,
-                                 "model.conv_hidden": 32, "train.cache_features": cached})
+        run_dir = rundir.branch(base_run, tmp_path / f"cache{cached}")
+        cfg = _cfg(processed, **{"train.epochs": 2, "model.encoder": encoder, "model.encoder_options": options,
+                                 "train.cache_features": cached})
         curves.append(train.train(cfg, run_dir, progress=False).history[["train_loss", "val_loss"]].to_numpy())
     np.testing.assert_allclose(curves[0], curves[1], rtol=1e-4, atol=1e-6)
     assert list((processed / "features").iterdir()), "the cache lives in the store"
 
 
-def test_two_processes_with_ddp_agree_with_one(processed, qa_run, accepted, tmp_path):
+def test_two_processes_with_ddp_agree_with_one(processed, base_run, tmp_path):
     settings = {"train.epochs": 2, "train.batch_size": 4, "data.val_fraction": 0.2}
-    single = _prepared_run(tmp_path / "single", processed, qa_run, accepted)
+    single = rundir.branch(base_run, tmp_path / "single")
     subprocess.run(_cli_train(single, processed, settings), check=True, capture_output=True)
-    double = _prepared_run(tmp_path / "ddp", processed, qa_run, accepted)
+    double = rundir.branch(base_run, tmp_path / "ddp")
     command = _cli_train(double, processed, settings)
     command[1:3] = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "a2m_lib.cli"]
     result = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
@@ -125,20 +118,20 @@ def test_two_processes_with_ddp_agree_with_one(processed, qa_run, accepted, tmp_
     np.testing.assert_allclose(one.val_loss, two.val_loss, rtol=1e-4)
 
 
-def test_same_config_seed_and_data_give_the_same_metrics(processed, qa_run, accepted, tmp_path):
+def test_same_config_seed_and_data_give_the_same_metrics(processed, base_run, tmp_path):
     from a2m_lib import evaluate
 
     metrics = []
     for name in ("a", "b"):
-        run_dir = _prepared_run(tmp_path / name, processed, qa_run, accepted)
+        run_dir = rundir.branch(base_run, tmp_path / name)
         cfg = _cfg(processed, **{"train.epochs": 2})
         train.train(cfg, run_dir, progress=False)
         metrics.append(evaluate.evaluate(cfg, run_dir, progress=False).summary["model"])
     assert metrics[0] == metrics[1]
 
 
-def test_collapse_is_reported_loudly(processed, qa_run, accepted, tmp_path):
-    run_dir = _prepared_run(tmp_path / "run", processed, qa_run, accepted)
+def test_collapse_is_reported_loudly(processed, base_run, tmp_path):
+    run_dir = rundir.branch(base_run, tmp_path / "run")
     with pytest.warns(UserWarning, match="COLLAPSE"):
         result = train.train(_cfg(processed, **{"train.epochs": 1, "train.lr": 1e-6}), run_dir, progress=False)
     assert result.collapsed and result.motion_ratio < 0.3
@@ -148,42 +141,44 @@ def test_collapse_is_reported_loudly(processed, qa_run, accepted, tmp_path):
     assert {"val_loss[speaker=spk0]", "val_loss[speaker=spk1]", "val_motion_ratio", "lr"} <= set(log.columns)
 
 
-def test_real_recipes_train_offline_and_the_pretrained_one_never_falls_back(processed, qa_run, accepted, tmp_path):
+def test_real_recipes_train_offline_and_the_pretrained_one_never_falls_back(processed, base_run, tmp_path):
     """configs/real.yaml (Whisper tiny.en, installed with a2m), configs/real_mel.yaml (mel) and configs/real_w2v.yaml
     (pretrained wav2vec2, here a tiny locally saved one)."""
     from transformers import Wav2Vec2Model
 
-    from a2m_lib.config import ModelConfig
-    from a2m_lib.encoders import EncoderLoadError, scratch_encoder_config
+    from a2m_lib.encoders import EncoderLoadError
+    from a2m_lib.encoders.wav2vec2 import ScratchEncoder
 
     tiny = tmp_path / "tiny_w2v2"
-    Wav2Vec2Model(scratch_encoder_config(ModelConfig(encoder="scratch", scratch_hidden=32, scratch_layers=1,
-                                                     scratch_conv_channels=16))).save_pretrained(tiny)
+    Wav2Vec2Model(ScratchEncoder.architecture(ScratchEncoder.Options(hidden=32, layers=1, conv_channels=16))).save_pretrained(tiny)
     small = {"data.processed": str(processed), "train.epochs": 1, "model.latent_dim": 16}
-    for recipe, extra in (("real.yaml", {"model.conv_hidden": 32}), ("real_mel.yaml", {"model.conv_hidden": 32}),
-                          ("real_w2v.yaml", {"model.pretrained": str(tiny)})):
-        run_dir = _prepared_run(tmp_path / recipe, processed, qa_run, accepted)
+    for recipe, extra in (("real.yaml", {"model.encoder_options.conv_hidden": 32}),
+                          ("real_mel.yaml", {"model.encoder_options.conv_hidden": 32}),
+                          ("real_w2v.yaml", {"model.encoder_options.pretrained": str(tiny)})):
+        run_dir = rundir.branch(base_run, tmp_path / recipe)
         cfg = load_config(REPO / "configs" / recipe, {**small, **extra})
         result = train.train(cfg, run_dir, progress=False)
         assert len(result.history) == 1 and load_model(run_dir / "checkpoints" / "last.pt").cfg.encoder == cfg.model.encoder
     with pytest.raises(EncoderLoadError, match="model.encoder=mel"):
-        train.train(load_config(REPO / "configs" / "real_w2v.yaml", {**small, "model.pretrained": str(tmp_path / "absent")}),
-                    _prepared_run(tmp_path / "absent_run", processed, qa_run, accepted), progress=False)
+        train.train(load_config(REPO / "configs" / "real_w2v.yaml", {**small, "model.encoder_options.pretrained": str(tmp_path / "absent")}),
+                    rundir.branch(base_run, tmp_path / "absent_run"), progress=False)
 
 
-def test_a_dynamic_reference_model_is_trained_and_evaluated_with_both_references(processed, qa_run, accepted, tmp_path):
+def test_a_dynamic_reference_model_is_trained_and_evaluated_with_both_references(processed, base_run, tmp_path):
     from a2m_lib import evaluate
 
-    run_dir = _prepared_run(tmp_path / "run", processed, qa_run, accepted)
-    cfg = _cfg(processed, **{"train.epochs": 2, "train.reference": "random_frame", "model.speaker_embedding": True})
+    run_dir = rundir.branch(base_run, tmp_path / "run")
+    cfg = _cfg(processed, **{"train.epochs": 2, "model.reference": "random_frame", "model.speaker_embedding": True})
     train.train(cfg, run_dir, progress=False)
     model = load_model(run_dir / "checkpoints" / "best.pt")
-    assert model.reference == "random_frame" and model.speakers == ["spk0", "spk1"]
+    assert model.cfg.reference == "random_frame" and model.speakers == ["spk0", "spk1"]
     summary = evaluate.evaluate(cfg, run_dir, progress=False).summary
     assert summary["reference"] == "random_frame"
     tests = summary["reference_tests"]
     assert {"neutral", "random_frame", "random_frame_no_motion"} <= set(tests)
-    assert tests["neutral"]["lve"] != tests["random_frame"]["lve"]
+    # given a random frame as its reference, the model moves away from it towards the speech: better than holding
+    # that frame still (measured: 0.58 against 0.66 LVE after 2 epochs; a model ignoring its reference ties)
+    assert tests["random_frame"]["lve"] < 0.97 * tests["random_frame_no_motion"]["lve"]
 
 
 def test_tempo_augmentation_resamples_audio_features_and_meshes_together():
@@ -196,6 +191,8 @@ def test_tempo_augmentation_resamples_audio_features_and_meshes_together():
     mask[0], mask[1, :25] = True, True
     generator = torch.Generator().manual_seed(0)
     out_features, out_target, out_mask, out_silent = train.stretch_batch(features, target, mask, mask.clone(), lengths, 0.2, generator)
+    factors = torch.exp(torch.empty(2).uniform_(-0.2, 0.2, generator=torch.Generator().manual_seed(0)))  # the draw it made
+    assert out_mask.sum(1).tolist() == [max(2, round(n * float(f))) for n, f in zip(lengths, factors)]
     for i, length in enumerate(lengths):
         new = int(out_mask[i].sum())
         assert abs(np.log(new / length)) <= 0.2 + 1 / length                      # a tempo within the range
@@ -203,4 +200,3 @@ def test_tempo_augmentation_resamples_audio_features_and_meshes_together():
         torch.testing.assert_close(values, torch.linspace(0, length - 1, new))  # still the same ramp, end to end
         torch.testing.assert_close(out_target[i, :new, 0, 2], values)           # the meshes move with the audio
         assert not out_mask[i, new:].any() and out_silent[i, :new].all()
-    assert out_mask.sum(1).tolist() != lengths

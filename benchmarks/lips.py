@@ -1,0 +1,152 @@
+"""Lips that close and open as far as the person's: each lip loss term against today's recipe, side by side on one
+split of the shared real footage (configs/real.yaml; ../shared/eval_media, as benchmarks/real_footage.py links it).
+
+    .venv/bin/python benchmarks/lips.py [--variants today gap10 ...] [--split-by clip|speaker] [--force]
+
+For every variant: a run branched from the real footage's QA decisions and neutrals (rundir.branch; notebooks 01-03
+run once, as real_footage.py does), trained and evaluated in process on the same split, scored at articulation
+gain 1 (the model as trained) and at the gain fitted on validation. Each run's held-out LVE against motion ratio as
+its predictions are scaled by a gain (evaluate.gain_curve) is the curve a variant must lie below: today's model
+scaled to the same motion ratio. Writes benchmarks/lips_results.json (a variant already there is not trained again
+unless --force) and benchmarks/lips_<split>.png, and prints the table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+RESULTS = REPO / "benchmarks" / "lips_results.json"
+CONFIG = REPO / "configs" / "real.yaml"
+# today's recipe, as configs/real.yaml was before the lip terms: L1 + lip vertices x2 + velocity 0.5
+TODAY = {"train.lip_weight": 2.0, "train.velocity_weight": 0.5, "train.lip_gap_weight": 0.0, "train.closure_weight": 0.0,
+         "train.motion_std_weight": 0.0}
+VARIANTS = {
+    "today": {},
+    "lip10": {"train.lip_weight": 10.0},                                         # heavier lip vertices
+    "gap10": {"train.lip_gap_weight": 10.0},                                     # the lip distances (A2F-3D)
+    "gap50": {"train.lip_gap_weight": 50.0},
+    "gap10_closure4": {"train.lip_gap_weight": 10.0, "train.closure_weight": 4.0},   # closures weigh 5x
+    "std1": {"train.motion_std_weight": 1.0},                                    # the spread over time
+    "std5": {"train.motion_std_weight": 5.0},
+    "gap10_std1": {"train.lip_gap_weight": 10.0, "train.motion_std_weight": 1.0},
+    "gap10_closure4_std1": {"train.lip_gap_weight": 10.0, "train.closure_weight": 4.0, "train.motion_std_weight": 1.0},
+}
+KEYS = ("lve", "mouth_corr", "motion_ratio", "closure_error", "peak_opening_ratio", "lip_lag_frames")
+
+
+def prepare_base(split_by: str) -> Path:
+    """runs/lips-base: the real footage extracted, QA'd and its neutrals chosen, once (notebooks 01-03)."""
+    import real_footage
+
+    from a2m_lib import runner
+
+    base = REPO / "runs" / "lips-base"
+    if not (base / "qa.csv").exists() or not (base / "neutral").is_dir():
+        real_footage.build_raw(REPO / "data" / "raw" / "real")
+        for stage in ("01", "02", "03"):
+            runner.run(CONFIG, base, [], only=stage, progress=False)
+    return base
+
+
+def one_variant(base: Path, name: str, split_by: str) -> dict:
+    from a2m_lib import config, evaluate, rundir, train
+
+    run = REPO / "runs" / f"lips-{split_by}-{name}"
+    if run.exists():
+        import shutil
+
+        shutil.rmtree(run)
+    rundir.branch(base, run)
+    cfg = config.load_config(CONFIG, {**TODAY, **VARIANTS[name], "data.split_by": split_by})
+    config.write_run_config(cfg, run)
+    started = time.time()
+    result = train.train(cfg, run, progress=False)
+    seconds = time.time() - started
+    fitted = evaluate.evaluate(cfg, run, progress=False).summary  # evaluate.articulation: auto (the fitted gain)
+    curve = evaluate.gain_curve(rundir.predictions(run))
+    unscaled, model = fitted["model_unscaled"], fitted["model"]
+    return dict(overrides=VARIANTS[name], train_seconds=round(seconds), best_epoch=result.best_epoch, run=str(run),
+                gain1={key: unscaled[key] for key in KEYS}, fitted={key: model[key] for key in KEYS},
+                articulation=fitted["articulation"], baselines={b: {key: v[key] for key in KEYS}
+                                                               for b, v in fitted["baselines"].items()},
+                curve=curve.round(5).to_dict("list"),
+                per_speaker={s: {key: v["model"][key] for key in KEYS} | {"n_clips": v["model"]["n_clips"]}
+                             for s, v in fitted["per_speaker"].items()}, n_clips=fitted["n_clips"])
+
+
+def lve_at_motion(curve: dict, motion: float) -> float:
+    """The LVE of a gain curve at a motion ratio, linearly interpolated."""
+    import numpy as np
+
+    return float(np.interp(motion, curve["motion_ratio"], curve["lve"]))
+
+
+def table(rows: dict) -> str:
+    today = rows.get("today")
+    neutral, mean_offset = (next(iter(rows.values()))["baselines"][b]["lve"] for b in ("neutral", "mean_offset"))
+    lines = ["| variant | LVE | x mean offset | today scaled to this motion | mouth corr | motion ratio | closure_error | "
+             "peak_opening_ratio | lip_lag_frames | fitted gain |", "|---|" + "---|" * 10]
+    for name, row in rows.items():
+        g = row["gain1"]
+        scaled = lve_at_motion(today["curve"], g["motion_ratio"]) if today else float("nan")
+        lines.append(f"| {name} | {g['lve']:.3f} | {g['lve'] / mean_offset:.2f} | {scaled:.3f} | {g['mouth_corr']:.2f} | "
+                     f"{g['motion_ratio']:.2f} | {g['closure_error']:.3f} | {g['peak_opening_ratio']:.2f} | "
+                     f"{g['lip_lag_frames']:+.2f} | {row['articulation']['default']:g} |")
+    lines.append(f"| baselines: neutral / mean offset | {neutral:.3f} / {mean_offset:.3f} | | | | | | | | |")
+    return "\n".join(lines)
+
+
+def plot(rows: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7.5, 4.8))
+    for name, row in rows.items():
+        curve = row["curve"]
+        style = dict(color="black", linewidth=2.2) if name == "today" else dict(linewidth=1)
+        axis.plot(curve["motion_ratio"], curve["lve"], label=name, **style)
+        axis.plot(row["gain1"]["motion_ratio"], row["gain1"]["lve"], "o", color=axis.lines[-1].get_color())
+    mean_offset = next(iter(rows.values()))["baselines"]["mean_offset"]["lve"]
+    axis.axhline(0.95 * mean_offset, color="grey", linestyle=":", label="0.95 x mean-offset baseline")
+    axis.axvspan(0.85, 1.15, color="green", alpha=0.07, label="target motion ratio")
+    axis.set(xlabel="motion ratio (predicted / true lip motion)", ylabel="held-out LVE (mesh units)", xlim=(0.3, 1.4),
+             title="each run scaled by a gain (dots: as trained); lower at the same motion is better")
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--split-by", default="clip", choices=["clip", "speaker"])
+    parser.add_argument("--force", action="store_true", help="train variants already in the results again")
+    args = parser.parse_args()
+    import real_footage
+
+    if not real_footage.SHARED.exists():
+        sys.exit(f"{real_footage.SHARED} is absent: this benchmark needs the shared real footage")
+    base = prepare_base(args.split_by)
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    rows = results.setdefault(args.split_by, {})
+    for name in args.variants:
+        if name in rows and not args.force:
+            continue
+        rows[name] = one_variant(base, name, args.split_by)
+        RESULTS.write_text(json.dumps(results, indent=1))
+        print(f"{name}: {json.dumps(rows[name]['gain1'])}", flush=True)
+    ordered = {name: rows[name] for name in VARIANTS if name in rows}
+    print(table(ordered))
+    plot(ordered, REPO / "benchmarks" / f"lips_{args.split_by}.png")
+
+
+if __name__ == "__main__":
+    main()
