@@ -1,4 +1,5 @@
-"""The `a2m` command line: run, demo, synth, extract, merge, qa, train, evaluate, predict, export-aniportrait.
+"""The `a2m` command line: run (here or --slurm), demo, synth, extract, merge, qa, train, evaluate, predict,
+export-aniportrait, sweep, compare.
 
 Every command that acts on a run names it with --run-dir and reads its config.yaml (config.command_config): a run
 without one starts from --config and -p, which are written there; a run with one is not changed by them."""
@@ -35,8 +36,66 @@ def _shard(text: str) -> tuple[int, int]:
 def cmd_run(args) -> int:
     from . import runner
 
+    if args.slurm:
+        return _run_on_slurm(args)
     record = runner.run(args.config, args.run_dir, args.param, stage_from=args.stage_from, only=args.only)
     _print_record(record)
+    return 0
+
+
+def _run_on_slurm(args) -> int:
+    from . import cluster, files
+
+    if args.stage_from or args.only:
+        raise ValueError("--slurm runs the whole pipeline (the steps already done are skipped); drop --from / --only")
+    run_dir = files.project_path(args.run_dir or Path("runs") / load_config(args.config, args.param).name)
+    jobs = cluster.submit_pipeline(args.config, run_dir, args.param, args.extract_tasks, args.train_tasks, args.gpus,
+                                   args.sbatch)
+    if not jobs:
+        print(f"{run_dir}: every step is done already (see {rundir.slurm(run_dir)})")
+        return 0
+    print(f"{run_dir}: submitted " + ", ".join(f"{step} (job {job})" for step, job in jobs.items()))
+    print(f"logs and scripts in {rundir.slurm(run_dir)}; the report job writes {rundir.slurm_report(run_dir)}")
+    if args.wait:
+        report = cluster.wait(run_dir)
+        print(report["message"])
+        return 0 if report["failed"] is None else 1
+    return 0
+
+
+def cmd_slurm_report(args) -> int:
+    from . import cluster
+
+    report = cluster.report(args.run_dir, json.loads(args.jobs))
+    for step, entry in report["steps"].items():
+        print(f"  {step:10s} {entry['status']} (job {entry['job']})")
+    print(report["message"])
+    return 0 if report["failed"] is None else 1
+
+
+def cmd_sweep(args) -> int:
+    from . import sweep
+
+    grid = sweep.parse_grid(args.grid)
+    done = sweep.run(args.config, args.base, grid, args.param, args.out, args.slurm, args.sbatch)
+    print(f"{done['out']}: {len(done['runs'])} runs, {len(done['to_run'])} to run"
+          + (f" (job array {done['job']})" if "job" in done else ""))
+    print(f"compare them: a2m compare {done['out']}/*")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from . import compare, files, runner
+
+    comparison = compare.Comparison(args.runs)
+    out = files.project_path(args.out or Path(os.path.commonpath([str(files.project_path(r)) for r in args.runs])))
+    if len(args.runs) == 1:
+        out = files.project_path(args.out or args.runs[0])
+    csv = comparison.write_csv(out / "compare.csv")
+    print(comparison.marked().to_string())
+    print("(*: the best run on that metric)")
+    notebook = runner.compare(args.runs, out) if args.notebook else None
+    print(f"table: {csv}" + (f"; notebook: {notebook}" if notebook else ""))
     return 0
 
 
@@ -170,7 +229,34 @@ def build_parser() -> argparse.ArgumentParser:
     stages = run.add_mutually_exclusive_group()
     stages.add_argument("--from", dest="stage_from", type=_stage_of, help="re-run from this stage on, e.g. 04")
     stages.add_argument("--only", type=_stage_of, help="re-run only this stage, e.g. 05")
+    run.add_argument("--slurm", action="store_true", help="submit the whole pipeline to SLURM as a chain of jobs")
+    run.add_argument("--extract-tasks", type=int, default=1, help="--slurm: extraction's job array tasks")
+    run.add_argument("--train-tasks", type=int, default=1, help="--slurm: training processes (torchrun, one node)")
+    run.add_argument("--gpus", action="store_true", help="--slurm: a GPU per training process (NCCL)")
+    run.add_argument("--sbatch", default="", help="--slurm: more sbatch options for every job, e.g. '--partition=cpu'")
+    run.add_argument("--wait", action="store_true", help="--slurm: wait for the pipeline and print its report")
     run.set_defaults(func=cmd_run)
+
+    sweep = with_params(commands.add_parser("sweep", help="a grid of runs from a base run's QA decisions and neutrals"))
+    sweep.add_argument("--config", required=True)
+    sweep.add_argument("--base", required=True, help="the run whose QA decisions, neutrals and store every run uses")
+    sweep.add_argument("-g", "--grid", action="append", required=True, metavar="KEY=V1,V2",
+                       help="a setting to vary, e.g. -g train.lip_weight=1,2,4 (repeatable: every combination)")
+    sweep.add_argument("--out", default=None, help="the folder of the sweep's runs (default runs/<base>-sweep)")
+    sweep.add_argument("--slurm", action="store_true", help="one SLURM job array, one run per task")
+    sweep.add_argument("--sbatch", default="", help="--slurm: more sbatch options, e.g. '--partition=gpu --gpus=1'")
+    sweep.set_defaults(func=cmd_sweep)
+
+    compare = commands.add_parser("compare", help="runs side by side: metrics, curves, one clip's lip trace")
+    compare.add_argument("runs", nargs="+")
+    compare.add_argument("--out", default=None, help="where compare.csv and the notebook go (default: the runs' folder)")
+    compare.add_argument("--no-notebook", dest="notebook", action="store_false", help="the table only")
+    compare.set_defaults(func=cmd_compare)
+
+    report = commands.add_parser("slurm-report", help="(the pipeline's last job) which step ended how")
+    report.add_argument("--run-dir", required=True)
+    report.add_argument("--jobs", required=True, help="the submitted jobs, as JSON {step: job id}")
+    report.set_defaults(func=cmd_slurm_report)
 
     def on_a_run(sub, required: bool = True):
         sub.add_argument("--run-dir", required=required, help="the run: runs/<id> (its config is what the command reads)")

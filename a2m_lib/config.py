@@ -196,6 +196,7 @@ class TrainConfig:
     lip_gap_weight: float = 0.0  # + weight x L1 on the upper-to-lower lip distances and the mouth's widths
     closure_weight: float = 0.0  # closure frames (the lowest 20% of the inner-lip gap) count 1 + this in the lip terms
     motion_std_weight: float = 0.0  # + weight x L1 between predicted and true std over time of each lip coordinate
+    lip_ccc_weight: float = 0.0  # + weight x (1 - concordance correlation) of each lip distance over the sample
     silence_weight: float = 0.0  # + weight x predicted motion in silent frames (stillness)
     augment: bool = False  # training-time noise, tilt and a masked band on cached frame features (made for log-mel)
     stretch: float = 0.0  # tempo augmentation: each sample resampled in time by a factor exp(U(-stretch, stretch))
@@ -215,7 +216,7 @@ class TrainConfig:
         check(self.precision in ("auto", "bf16", "fp32"), "train.precision", self.precision, "auto, bf16 or fp32")
         check(self.lr_schedule in ("constant", "cosine"), "train.lr_schedule", self.lr_schedule, "constant or cosine")
         for key in ("velocity_weight", "lip_weight", "lip_gap_weight", "closure_weight", "motion_std_weight",
-                    "silence_weight", "weight_decay", "collapse_ratio", "stretch"):
+                    "lip_ccc_weight", "silence_weight", "weight_decay", "collapse_ratio", "stretch"):
             check(getattr(self, key) >= 0, f"train.{key}", getattr(self, key), "a number >= 0")
         check(0 <= self.whole_clip_fraction <= 1, "train.whole_clip_fraction", self.whole_clip_fraction, "0 to 1")
         check(self.min_subclip_frames >= 1 and self.processes >= 1, "train.min_subclip_frames/processes",
@@ -440,18 +441,19 @@ def command_config(run_dir: str | Path, config_path: str | Path | None = None,
     cfg = load_config(path)
     if config_path is not None or overrides:
         asked = load_config(config_path or path, overrides)
-        changed = [key for key, value in _flatten(asked.to_dict()).items() if _flatten(cfg.to_dict()).get(key) != value]
+        changed = [key for key, value in flatten(asked.to_dict()).items() if flatten(cfg.to_dict()).get(key) != value]
         if changed:
             raise ConfigError(f"{path} holds this run's config, and --config / -p would change {', '.join(changed)}; a run "
                               f"keeps one config: edit {path} and re-run the stages it affects, or use another --run-dir")
     return cfg
 
 
-def _flatten(tree: Mapping, prefix: str = "") -> dict:
+def flatten(tree: Mapping, prefix: str = "") -> dict:
+    """A config's nested dict -> {"section.key": value} (encoder options too: model.encoder_options.layers)."""
     flat = {}
     for key, value in tree.items():
-        if isinstance(value, Mapping) and key != "encoder_options":
-            flat.update(_flatten(value, f"{prefix}{key}."))
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat

@@ -41,7 +41,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import audio_frames, files, metrics, rundir, store
-from .config import Config
+from .config import Config, flatten
 from .dataset import running_sum
 from .model import Articulation, Audio2Mesh, articulate, load_model, resolve_device
 
@@ -311,7 +311,28 @@ def evaluate(cfg: Config, run_dir: str | Path, split: str | None = None, checkpo
         checkpoint=str(checkpoint_path), encoder=model.audio_encoder.describe(), encoder_record=model.audio_encoder.record(),
         reference=model.cfg.reference, articulation=dataclasses.asdict(articulation)))
     files.write_json(rundir.metrics(out_dir), summary)
+    if data is None:
+        log_hparams(cfg, run_dir, summary)
     return EvalResult(summary=summary, per_clip=pd.DataFrame(summary["per_clip"]), predictions=predictions)
+
+
+HPARAM_METRICS = ("lve", "mouth_corr", "motion_ratio", "closure_error", "peak_opening_ratio", "lip_lag_frames")
+
+
+def log_hparams(cfg: Config, run_dir: Path, summary: dict) -> None:
+    """The run's settings and its held-out metrics as TensorBoard HParams, beside its training curves: `tensorboard
+    --logdir runs` then compares runs by setting (its HPARAMS tab), as `a2m compare` does."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    settings = {key: value for key, value in flatten(cfg.to_dict()).items() if isinstance(value, (bool, int, float, str))}
+    scores = {f"hparam/{key}": float(summary["model"][key]) for key in HPARAM_METRICS
+              if np.isfinite(summary["model"].get(key, np.nan))}
+    scores["hparam/lve_x_mean_offset"] = float(summary["lve_ratio_model_to_mean_offset"])
+    writer = SummaryWriter(str(rundir.tensorboard(run_dir)))
+    try:
+        writer.add_hparams(settings, scores, run_name=".")  # "." : the run's own folder, with its curves
+    finally:
+        writer.close()
 
 
 def report(summary: dict) -> str:

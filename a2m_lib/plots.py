@@ -346,3 +346,35 @@ def layer_mix(run_dir: str | Path, checkpoint: str = "best"):
     axis.set_title(f"layer mix of {model.audio_encoder.describe().split(',')[0]} (dotted: uniform)")
     figure.tight_layout()
     return figure
+
+
+# ----------------------------------------------------------------------------------- 06 runs side by side
+
+def compare_curves(curves: dict[str, pd.DataFrame]):
+    """Training (dashed) and validation (solid) L1 of several runs, overlaid, and their validation motion ratio."""
+    figure, axes = plt.subplots(1, 2, figsize=(13, 3.6), gridspec_kw={"width_ratios": [2, 1]})
+    for (name, history), colour in zip(curves.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"] * 5):
+        valid = history.dropna(subset=["val_loss"])
+        axes[0].plot(history.epoch, history.train_loss, color=colour, linestyle="--", linewidth=0.8)
+        axes[0].plot(valid.epoch, valid.val_loss, color=colour, marker=".", label=name)
+        if "val_motion_ratio" in valid:
+            axes[1].plot(valid.epoch, valid.val_motion_ratio, color=colour, marker=".", label=name)
+    axes[0].set(xlabel="epoch", ylabel="L1 on offsets (mesh units)", yscale="log",
+                title="validation (solid) and training (dashed) L1")
+    axes[1].axhline(1, color="grey", linestyle=":")
+    axes[1].set(xlabel="epoch", ylabel="predicted / true motion", title="validation motion ratio", ylim=(0, None))
+    axes[0].legend(fontsize=7)
+    figure.tight_layout()
+    return figure
+
+
+def compare_lip_traces(seconds: np.ndarray, truth: np.ndarray, traces: dict[str, np.ndarray], clip_id: str = ""):
+    """One held-out clip's inner-lip gap from every run, over the truth."""
+    figure, axis = plt.subplots(figsize=(12, 3.4))
+    axis.plot(seconds, truth, color="black", linewidth=2, label="truth")
+    for name, gap in traces.items():
+        axis.plot(seconds, gap, linewidth=1, label=name)
+    axis.set(xlabel="seconds", ylabel="inner-lip gap (mesh units)", title=f"the same held-out clip from every run: {clip_id}")
+    axis.legend(fontsize=7, ncol=2)
+    figure.tight_layout()
+    return figure

@@ -10,6 +10,7 @@ lives here, never in the clip store (a2m_lib.store).
         splits.csv           train | val | test | unused per clip (a2m_lib.train)
         checkpoints/{last,best}.pt, train_log.csv, train_summary.json, tensorboard/
         articulation.json    the gain on the predicted movement per speaker, fitted on validation (a2m_lib.evaluate)
+        slurm/               job scripts, logs and the report of a run on a SLURM cluster (a2m_lib.cluster)
         predictions/<clip>.npz, metrics.json, renders/  (a2m_lib.evaluate)
 
     table = rundir.accepted_clips(run_dir)
@@ -88,6 +89,15 @@ def metrics(run_dir) -> Path:
 
 def renders(run_dir) -> Path:
     return Path(run_dir) / "renders"
+
+
+def slurm(run_dir) -> Path:
+    """The jobs that ran the run on a SLURM cluster: their scripts, logs, `<step>.ok` markers and report.json."""
+    return Path(run_dir) / "slurm"
+
+
+def slurm_report(run_dir) -> Path:
+    return slurm(run_dir) / "report.json"
 
 
 def articulation(run_dir) -> Path:

@@ -37,11 +37,40 @@ class RunError(RuntimeError):
     """A notebook failed; the message names it, the failing cell's error, and where the executed copy is."""
 
 
+def takes_a_run(notebook: Path) -> bool:
+    """A notebook of one run's sequence: its parameters cell names `run_dir` (06 compares several runs instead)."""
+    cells = json.loads(notebook.read_text())["cells"]
+    return any("parameters" in cell.get("metadata", {}).get("tags", []) and "run_dir =" in "".join(cell["source"])
+               for cell in cells)
+
+
 def notebooks() -> list[Path]:
-    found = sorted(NOTEBOOK_DIR.glob("0[1-9]_*.ipynb"))
+    """The run's notebooks, in data-flow order (01-05)."""
+    found = [path for path in sorted(NOTEBOOK_DIR.glob("0[1-9]_*.ipynb")) if takes_a_run(path)]
     if not found:
         raise FileNotFoundError(f"no notebooks in {NOTEBOOK_DIR}; is this a full checkout of the a2m repo?")
     return found
+
+
+def execute(notebook: Path, output: Path, parameters: dict, progress: bool = False) -> None:
+    """papermill, with this environment's Python as the kernel (also when the venv is not activated)."""
+    os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    papermill.execute_notebook(str(notebook), str(output), parameters=parameters, kernel_name="python3",
+                               progress_bar=progress, cwd=os.getcwd())
+
+
+def compare(run_dirs: list, out: str | Path) -> Path:
+    """Notebook 06 on these runs, executed into OUT/06_compare.ipynb (the table's CSV beside it)."""
+    out = files.project_path(out)
+    output = out / "06_compare.ipynb"
+    try:
+        execute(NOTEBOOK_DIR / "06_compare.ipynb", output, dict(runs=[str(files.project_path(r)) for r in run_dirs],
+                                                                 out=str(out)))
+    except PapermillExecutionError as error:
+        raise RunError(f"notebook 06_compare.ipynb failed in cell {error.exec_count}: {error.ename}: {error.evalue}\n"
+                       f"The executed notebook, with the traceback, is {output}") from None
+    return output
 
 
 def select(stage_from: str | None = None, only: str | None = None) -> list[Path]:
@@ -108,8 +137,6 @@ def run(config_path: str | Path, run_dir: str | Path | None = None, overrides=No
     # The hand-off: every notebook reads the resolved config from the run (config.run_config); and
     # `a2m run --config runs/<id>/config.yaml` repeats this run.
     write_run_config(cfg, run_dir)
-    # The kernel must be this environment's Python, also when the venv is not activated.
-    os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
     parameters = dict(run_dir=str(run_dir.resolve()))
     for notebook in select(stage_from, only):
         output = rundir.notebooks(run_dir) / notebook.name
@@ -119,8 +146,7 @@ def run(config_path: str | Path, run_dir: str | Path | None = None, overrides=No
         started = time.time()
         print(f"[a2m] {notebook.name} -> {output}", flush=True)
         try:
-            papermill.execute_notebook(str(notebook), str(output), parameters=parameters, kernel_name="python3",
-                                       progress_bar=progress, cwd=os.getcwd())
+            execute(notebook, output, parameters, progress)
         except PapermillExecutionError as error:
             entry.update(status="failed", seconds=round(time.time() - started, 2),
                          error=f"cell {error.exec_count}: {error.ename}: {error.evalue}")

@@ -395,7 +395,7 @@ def load_result(run_dir: str | Path) -> TrainResult:
     run_dir = Path(run_dir)
     summary = json.loads(rundir.train_summary(run_dir).read_text())
     summary["history"] = pd.read_csv(rundir.train_log(run_dir))
-    return TrainResult(**summary)
+    return TrainResult(**{field.name: summary[field.name] for field in dataclasses.fields(TrainResult) if field.name in summary})
 
 
 def launch(run_dir: str | Path, processes: int) -> TrainResult:

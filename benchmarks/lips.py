@@ -25,7 +25,7 @@ RESULTS = REPO / "benchmarks" / "lips_results.json"
 CONFIG = REPO / "configs" / "real.yaml"
 # today's recipe, as configs/real.yaml was before the lip terms: L1 + lip vertices x2 + velocity 0.5
 TODAY = {"train.lip_weight": 2.0, "train.velocity_weight": 0.5, "train.lip_gap_weight": 0.0, "train.closure_weight": 0.0,
-         "train.motion_std_weight": 0.0}
+         "train.motion_std_weight": 0.0, "train.lip_ccc_weight": 0.0, "evaluate.checkpoint": "best"}
 VARIANTS = {
     "today": {},
     "lip10": {"train.lip_weight": 10.0},                                         # heavier lip vertices
@@ -36,6 +36,10 @@ VARIANTS = {
     "std5": {"train.motion_std_weight": 5.0},
     "gap10_std1": {"train.lip_gap_weight": 10.0, "train.motion_std_weight": 1.0},
     "gap10_closure4_std1": {"train.lip_gap_weight": 10.0, "train.closure_weight": 4.0, "train.motion_std_weight": 1.0},
+    "ccc0.5": {"train.lip_ccc_weight": 0.5},                                     # concordance of the lip distances
+    "ccc2": {"train.lip_ccc_weight": 2.0},
+    "ccc2_std1": {"train.lip_ccc_weight": 2.0, "train.motion_std_weight": 1.0},
+    "today_last": {"evaluate.checkpoint": "last"},                               # the last epoch, not the best val L1
 }
 KEYS = ("lve", "mouth_corr", "motion_ratio", "closure_error", "peak_opening_ratio", "lip_lag_frames")
 

@@ -6,6 +6,7 @@ The project is a copy (configs/, notebooks/, the session's clip store as data/pr
 QA decisions as runs/demo/qa.csv) named by A2M_PROJECT_ROOT, so the test does not write into the checkout.
 Skipped where Chromium (Debian package `chromium`) or playwright is missing; .ci/run installs Chromium.
 """
+import json
 import os
 import shutil
 import socket
@@ -105,4 +106,6 @@ def test_clicking_a_candidate_in_jupyterlab_writes_the_neutral(jupyterlab):
             browser.close()
     assert (saved["chosen_by"], saved["clip_id"], saved["frame"]) == ("manual", clip_id, int(frame))
     assert np.isfinite(saved["mesh"]).all()
+    recorded = {row["speaker"]: row for row in json.loads((neutral_dir / "choice.json").read_text())["speakers"]}
+    assert (recorded["spk0"]["chosen_by"], recorded["spk0"]["frame"]) == ("manual", int(frame))  # the record says so too
     assert not [text for text in errors if "Error" in text], errors  # every cell ran with its defaults

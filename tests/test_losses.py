@@ -171,3 +171,18 @@ def test_sums_over_halves_of_a_batch_give_the_whole_batchs_loss():
     summed = {name: (sum(h[name][0] for h in halves), sum(h[name][1] for h in halves)) for name in whole}
     counts = [float(count) for _, count in summed.values()]
     torch.testing.assert_close(total_loss(summed, counts, cfg), total_loss(whole, [float(c) for _, c in whole.values()], cfg))
+
+
+def test_concordance_asks_for_the_timing_and_the_size_of_the_lip_distances():
+    """1 - CCC is 0 for the truth itself, and not for a shrunken copy (which correlates perfectly), nor for a copy
+    that moves as much but late: L1's regression to the mean does not satisfy it."""
+    _, _, mask, silent, base = _batch(40)
+    target = torch.zeros(1, 40, V, 3)
+    for t in range(40):
+        target[:, t] = _open_mouth(1, 0.3 * (1 + np.sin(2 * np.pi * t / 13)))[:, 0]
+    assert _term("lip_ccc", target, target, mask, silent, base) == pytest.approx(0, abs=1e-5)
+    shrunk = _term("lip_ccc", target.mean(1, keepdim=True) + 0.5 * (target - target.mean(1, keepdim=True)),
+                   target, mask, silent, base)
+    late = _term("lip_ccc", torch.roll(target, 3, dims=1), target, mask, silent, base)
+    still = _term("lip_ccc", target.mean(1, keepdim=True).expand_as(target), target, mask, silent, base)
+    assert 0.05 < shrunk < late < still and still == pytest.approx(1, abs=1e-5)  # the pairs that never move are left out

@@ -131,7 +131,8 @@ def test_per_clip_offsets_agree_with_their_source_on_real_clips(shared_store):
     assert agree.mean() >= 0.9, clips.loc[~agree, ["clip_id", "clip_offset_frames", "source_offset_frames"]]
     # The confidence means something: the clips that disagree are the unsure ones.
     unsure = clips.clip_confidence < QAConfig().min_offset_confidence
-    assert agree[~unsure].mean() >= 0.98 and (~agree).sum() <= unsure.sum()
+    # every confident clip agreed when measured (39 of 39); one may miss: a bound with a margin of one clip
+    assert (~agree[~unsure]).sum() <= 1 and (~agree).sum() <= unsure.sum()
 
 
 def test_unsure_clips_are_marked_uncertain_not_rejected_or_corrected(shared_store, cfg):
