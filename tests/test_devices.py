@@ -76,3 +76,34 @@ def test_a_checkpoint_written_on_a_gpu_loads_on_the_cpu(bf16_run, tmp_path):
     np.testing.assert_array_equal(moved.predict(audio, 30, speaker=speaker), reference.predict(audio, 30, speaker=speaker))
     resumed = load_checkpoint(on_gpu)  # what a resumed run reads: everything on the CPU first
     assert all(t.device.type == "cpu" for t in resumed["model"].values())
+
+
+@pytest.mark.slow
+def test_the_gpu_pack_travels_small_and_trains_where_whisper_is_not_installed(processed, base_run, tmp_path):
+    """benchmarks/gpu.py --pack on the session's store (configs/grid.yaml's recipe at its frame rate), then --from on
+    the CPU: the pack's encoder hears only the pack, and gives what Whisper gives for the pack's audio."""
+    import json
+    import runpy
+
+    from a2m_lib import config, encoders
+    from a2m_lib.model import Audio2Mesh
+
+    gpu = runpy.run_path(str(REPO / "benchmarks" / "gpu.py"), run_name="gpu_benchmark")
+    rundir_config = {"data.processed": str(processed), "data.fps": 30.0}
+    described = gpu["pack"](tmp_path / "pack", 8, base_run, rundir_config)
+    assert described["clips"] == 8 and described["megabytes"] < 40 / 60 * 8 + 1  # about 0.6 MB a clip
+    assert json.loads((tmp_path / "pack" / "pack.json").read_text())["features_id"] == described["features_id"]
+    results = gpu["from_pack"](tmp_path / "pack", ["cpu"], 2)
+    row = results["devices"]["cpu"]
+    assert row["epochs"] == 2 and row["train_clips"] >= 4 and row["test_clips"] >= 1
+    assert all(np.isfinite(value) for value in row["model"].values()), row
+    # PackedWhisper's features for a packed clip are the real encoder's for that audio
+    real = Audio2Mesh(config.load_config(REPO / "configs" / "grid.yaml", rundir_config).model)
+    with np.load(sorted((tmp_path / "pack" / "clips").glob("*.npz"))[0]) as clip:
+        audio, packed = clip["audio"].astype(np.float32) / 32767, clip["features"]
+    heard = torch.from_numpy(real.normalise(audio))
+    np.testing.assert_array_equal(real.frame_features(heard, len(packed)).numpy(), packed)
+    cls = encoders.REGISTRY["whisper_packed"]
+    rebuilt = cls.build(cls.Options(**real.cfg.encoder_options))
+    np.testing.assert_array_equal(rebuilt.frame_features(heard, 16000, len(packed), 30.0).numpy(), packed)
+    assert rebuilt.features_id() == real.features_id()
