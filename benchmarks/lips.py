@@ -22,7 +22,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 RESULTS = REPO / "benchmarks" / "lips_results.json"
-CONFIG = REPO / "configs" / "real.yaml"
 # today's recipe, as configs/real.yaml was before the lip terms: L1 + lip vertices x2 + velocity 0.5
 TODAY = {"train.lip_weight": 2.0, "train.velocity_weight": 0.5, "train.lip_gap_weight": 0.0, "train.closure_weight": 0.0,
          "train.motion_std_weight": 0.0, "train.lip_ccc_weight": 0.0, "evaluate.checkpoint": "best"}
@@ -40,34 +39,47 @@ VARIANTS = {
     "ccc2": {"train.lip_ccc_weight": 2.0},
     "ccc2_std1": {"train.lip_ccc_weight": 2.0, "train.motion_std_weight": 1.0},
     "today_last": {"evaluate.checkpoint": "last"},                               # the last epoch, not the best val L1
+    "std2": {"train.motion_std_weight": 2.0},
+    "lip10_std1": {"train.lip_weight": 10.0, "train.motion_std_weight": 1.0},
+    "lip10_std1_ccc0.5": {"train.lip_weight": 10.0, "train.motion_std_weight": 1.0, "train.lip_ccc_weight": 0.5},
 }
+# The recipes the variants run on: the shared real footage (many speakers, seconds each), and GRID s1 (one speaker,
+# 40 minutes, benchmarks/footage_curve.py's base run and its 8 epochs of about 100 steps).
+RECIPES = {"real": dict(config=REPO / "configs" / "real.yaml", base="lips-base", overrides={}),
+           "grid": dict(config=REPO / "configs" / "grid.yaml", base="grid_s1-base", overrides={"train.epochs": 8})}
 KEYS = ("lve", "mouth_corr", "motion_ratio", "closure_error", "peak_opening_ratio", "lip_lag_frames")
 
 
-def prepare_base(split_by: str) -> Path:
-    """runs/lips-base: the real footage extracted, QA'd and its neutrals chosen, once (notebooks 01-03)."""
-    import real_footage
-
+def prepare_base(recipe: str) -> Path:
+    """The recipe's base run: its footage extracted, QA'd and its neutrals chosen, once (notebooks 01-03)."""
     from a2m_lib import runner
 
-    base = REPO / "runs" / "lips-base"
+    base = REPO / "runs" / RECIPES[recipe]["base"]
     if not (base / "qa.csv").exists() or not (base / "neutral").is_dir():
-        real_footage.build_raw(REPO / "data" / "raw" / "real")
+        if recipe == "real":
+            import real_footage
+
+            real_footage.build_raw(REPO / "data" / "raw" / "real")
+        else:
+            import footage_curve
+
+            footage_curve.link_raw(REPO / "data" / "raw" / "grid_s1")
         for stage in ("01", "02", "03"):
-            runner.run(CONFIG, base, [], only=stage, progress=False)
+            runner.run(RECIPES[recipe]["config"], base, [], only=stage, progress=False)
     return base
 
 
-def one_variant(base: Path, name: str, split_by: str) -> dict:
+def one_variant(base: Path, name: str, split_by: str, recipe: str = "real") -> dict:
     from a2m_lib import config, evaluate, rundir, train
 
-    run = REPO / "runs" / f"lips-{split_by}-{name}"
+    run = REPO / "runs" / f"lips-{recipe}-{split_by}-{name}"
     if run.exists():
         import shutil
 
         shutil.rmtree(run)
     rundir.branch(base, run)
-    cfg = config.load_config(CONFIG, {**TODAY, **VARIANTS[name], "data.split_by": split_by})
+    cfg = config.load_config(RECIPES[recipe]["config"], {**TODAY, **RECIPES[recipe]["overrides"], **VARIANTS[name],
+                                                         "data.split_by": split_by})
     config.write_run_config(cfg, run)
     started = time.time()
     result = train.train(cfg, run, progress=False)
@@ -132,24 +144,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--split-by", default="clip", choices=["clip", "speaker"])
+    parser.add_argument("--recipe", default="real", choices=list(RECIPES))
     parser.add_argument("--force", action="store_true", help="train variants already in the results again")
     args = parser.parse_args()
     import real_footage
 
     if not real_footage.SHARED.exists():
         sys.exit(f"{real_footage.SHARED} is absent: this benchmark needs the shared real footage")
-    base = prepare_base(args.split_by)
+    base = prepare_base(args.recipe)
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    rows = results.setdefault(args.split_by, {})
+    key = args.split_by if args.recipe == "real" else f"{args.recipe}-{args.split_by}"
+    rows = results.setdefault(key, {})
     for name in args.variants:
         if name in rows and not args.force:
             continue
-        rows[name] = one_variant(base, name, args.split_by)
+        rows[name] = one_variant(base, name, args.split_by, args.recipe)
         RESULTS.write_text(json.dumps(results, indent=1))
         print(f"{name}: {json.dumps(rows[name]['gain1'])}", flush=True)
     ordered = {name: rows[name] for name in VARIANTS if name in rows}
     print(table(ordered))
-    plot(ordered, REPO / "benchmarks" / f"lips_{args.split_by}.png")
+    plot(ordered, REPO / "benchmarks" / f"lips_{key}.png")
 
 
 if __name__ == "__main__":
