@@ -128,15 +128,21 @@ def cmd_evaluate(args) -> int:
     print(evaluate.report(result.summary))
     print(f"predictions in {result.predictions}; metrics in {rundir.metrics(data_run or run_dir)}")
     if args.render and data_run is None:
-        for label, video in evaluate.render_clips(result, cfg, run_dir).items():
-            print(f"{label} clip rendered: {video}")
+        for label, written in evaluate.render_clips(result, cfg, run_dir).items():
+            print(f"{label} clip: {written['video']} and its 3D view {written['view']}")
     return 0
 
 
 def cmd_predict(args) -> int:
     from . import predict
 
-    inputs = predict.prepare(args.run_dir, args.checkpoint, args.neutral, args.speaker, args.reference, args.articulation)
+    if args.onnx:
+        if args.run_dir or args.checkpoint or args.neutral or args.reference:
+            raise ValueError("--onnx takes the model, its neutrals and gains from the file: drop --run-dir, --checkpoint, "
+                             "--neutral and --reference")
+        inputs = predict.prepare_onnx(args.onnx, args.speaker, args.articulation)
+    else:
+        inputs = predict.prepare(args.run_dir, args.checkpoint, args.neutral, args.speaker, args.reference, args.articulation)
     if args.fps:
         inputs.fps = args.fps
     result = predict.predict_audio(audio_path=args.audio, out_path=args.out, smooth_frames=args.smooth,
@@ -144,6 +150,23 @@ def cmd_predict(args) -> int:
     print(f"{result.path}: {len(result.verts)} frames at {result.fps:g} fps from {result.audio_seconds:.1f} s of audio "
           f"in {result.seconds:.2f} s (real-time factor {result.real_time_factor:.0f}x), articulation gain "
           f"{inputs.articulation:g}")
+    return 0
+
+
+def cmd_export_onnx(args) -> int:
+    from . import onnx_model
+
+    metadata = onnx_model.export_onnx(args.run_dir, args.out, args.checkpoint)
+    print(f"wrote {args.out}: opset {metadata['opset']}, inputs {', '.join(metadata['inputs'])}; encoder features "
+          f"{metadata['features']}; speakers {', '.join(metadata['speakers'])}")
+    return 0
+
+
+def cmd_view(args) -> int:
+    from . import viewer
+
+    out = viewer.write_html(args.prediction, args.out)
+    print(f"wrote {out}: open it in a browser (no server needed)")
     return 0
 
 
@@ -278,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("audio")
     predict.add_argument("--run-dir", default=None, help="a trained run: its config, checkpoint, neutrals and gain")
     predict.add_argument("--checkpoint", default=None, help="a checkpoint or save_pretrained folder (with --neutral)")
+    predict.add_argument("--onnx", default=None, help="an a2m export-onnx file, run by onnxruntime")
     predict.add_argument("--neutral", default=None, help="a neutral .npz (a run's neutral file of the speaker)")
     predict.add_argument("--speaker", default=None)
     predict.add_argument("--reference", default=None, help="CLIP:FRAME of the run's store as the reference face")
@@ -289,6 +313,17 @@ def build_parser() -> argparse.ArgumentParser:
                          help="gain on the movement around its mean (default: the run's fitted gain for the speaker; 1 "
                               "= as trained)")
     predict.set_defaults(func=cmd_predict)
+
+    onnx = commands.add_parser("export-onnx", help="the run's model as one ONNX file (onnxruntime, engines)")
+    onnx.add_argument("--run-dir", required=True)
+    onnx.add_argument("--out", required=True, help="MODEL.onnx")
+    onnx.add_argument("--checkpoint", default="best")
+    onnx.set_defaults(func=cmd_export_onnx)
+
+    view = commands.add_parser("view", help="one HTML file: a prediction's meshes in 3D, with its sound")
+    view.add_argument("prediction", help="an a2m predict OUT.npz, or a run's predictions/<clip>.npz")
+    view.add_argument("--out", required=True, help="VIEW.html")
+    view.set_defaults(func=cmd_view)
 
     export = commands.add_parser("export-aniportrait", help="the model as AniPortrait's audio2mesh.pt + inference yaml")
     export.add_argument("--run-dir", required=True)

@@ -58,6 +58,7 @@ PREDICTION_KEYS = {
     "random_reference": "(V, 3) a non-neutral training frame of the speaker",
     "model_random_reference": "(T, V, 3) prediction with random_reference as the reference",
     "frames": "(T,) indices of the clip's valid frames these rows are", "fps": "frames per second",
+    "audio": "(samples,) the audio the model heard (the run's QA shift applied)", "sample_rate": "its rate, Hz",
     "clip_id": "", "speaker": "", "language": "",
 }
 LOWER_IS_BETTER = ("lve",)
@@ -218,6 +219,7 @@ def predict_clips(model: Audio2Mesh, clips: pd.DataFrame, processed, neutrals: d
                                                           example.mesh.shape)[valid],
                      baseline_nearest_audio=(neutral + nearest)[valid], random_reference=random_reference,
                      model_random_reference=with_reference[valid], frames=np.flatnonzero(valid), fps=example.fps,
+                     audio=example.audio.astype(np.float32), sample_rate=sample_rate,
                      clip_id=row.clip_id, speaker=row.speaker, language=example.language)
         written.append(path)
     return written
@@ -407,15 +409,18 @@ def chosen_clips(per_clip: pd.DataFrame) -> dict[str, str]:
     return {"best": table.clip_id.iloc[0], "median": table.clip_id.iloc[len(table) // 2], "worst": table.clip_id.iloc[-1]}
 
 
-def render_clips(result: EvalResult, cfg: Config, run_dir: str | Path, progress: bool = True) -> dict[str, Path]:
-    """Render the best, median and worst clips (truth | model, front and side, beside the source frame, with the
-    audio the model heard) to rundir.renders(run_dir); returns {label: video}."""
-    from . import render
+def render_clips(result: EvalResult, cfg: Config, run_dir: str | Path, progress: bool = True) -> dict[str, dict]:
+    """Render the best, median and worst clips to the run's renders: a video (truth | model, front and side, beside the
+    source frame, with the audio the model heard) and the 3D viewer's page (a2m_lib.viewer); returns
+    {label: {"video": mp4, "view": html}} (rundir.render)."""
+    from . import render, viewer
 
     shifts = rundir.read_splits(run_dir).set_index("clip_id").audio_shift_frames
     videos = {}
     for label, clip_id in tqdm(list(chosen_clips(result.per_clip).items()), desc="render", disable=not progress):
-        videos[label] = render.render_prediction_file(result.predictions / f"{clip_id}.npz", cfg.data.processed,
-                                                      rundir.renders(run_dir) / f"{clip_id}.mp4",
-                                                      int(shifts.get(clip_id, 0)), cfg.data.sample_rate)
+        prediction = result.predictions / f"{clip_id}.npz"
+        videos[label] = dict(
+            video=render.render_prediction_file(prediction, cfg.data.processed, rundir.render(run_dir, clip_id),
+                                                int(shifts.get(clip_id, 0)), cfg.data.sample_rate),
+            view=viewer.write_html(prediction, rundir.render(run_dir, clip_id, "view")))
     return videos

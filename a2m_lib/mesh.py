@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from . import regions
 from .regions import CHIN, EYE_CORNERS_OUTER, FOREHEAD, N_LANDMARKS_REFINED, STABLE
 
 EYE_CORNER_UNITS = 9.0
@@ -80,3 +81,18 @@ def canonicalise(landmarks: np.ndarray) -> np.ndarray:
 def reference_mesh() -> np.ndarray:
     """The fixed (478, 3) reference every pose-free mesh is aligned to (stored; rebuilt by trackers.build_reference_mesh)."""
     return np.load(_ASSETS / "reference_mesh.npy")
+
+
+@functools.lru_cache(maxsize=1)
+def mesh_edges() -> np.ndarray:
+    """(E, 2) vertex pairs of a triangulation of the reference face (front projection), built once: the wireframe
+    that renders and the viewer draw."""
+    from scipy.spatial import Delaunay
+
+    reference = reference_mesh()[: regions.N_LANDMARKS]
+    triangles = Delaunay(reference[:, :2]).simplices
+    edges = np.concatenate([triangles[:, [0, 1]], triangles[:, [1, 2]], triangles[:, [2, 0]]])
+    edges = np.unique(np.sort(edges, axis=1), axis=0)
+    length = np.linalg.norm(reference[edges[:, 0]] - reference[edges[:, 1]], axis=1)
+    return edges[length < 1.5]  # drop long edges across the mouth and around the outline
+

@@ -149,34 +149,20 @@ class Audio2Mesh(nn.Module):
         if self.reference_fn is not None:
             ref = torch.zeros(1, self.cfg.n_vertices, 3, device=device) if reference is None else \
                 torch.as_tensor(np.asarray(reference, np.float32), device=device)[None]
-        window, overlap = int(round(window_seconds * fps)), int(round(overlap_seconds * fps))
-        spf = sample_rate / fps
-        output = np.zeros((n_frames, self.cfg.n_vertices, 3), np.float32)
-        weight = np.zeros(n_frames, np.float32)
         whole = None  # features that depend on the whole recording are computed once, so windows see what one pass sees
         if self.audio_encoder.whole_recording:
             whole = self.frame_features(torch.from_numpy(normalised).to(device), n_frames, sample_rate, fps)
-        starts = [0] if n_frames <= window else list(range(0, n_frames - overlap, window - overlap))
-        for start in starts:
-            end = min(start + window, n_frames)
+
+        def run(start: int, end: int) -> np.ndarray:                                                # (end - start, V, 3)
             if whole is not None:
                 features = whole[start:end][None]                                                      # (1, T, C)
             else:
-                first, last = int(round(start * spf)), int(round(end * spf))
-                piece = np.zeros(max(last - first, 400), np.float32)  # audio may end early; the CNN needs 400 samples
-                available = normalised[first:last]
-                piece[: len(available)] = available
-                features = self.frame_features(torch.from_numpy(piece).to(device), end - start, sample_rate, fps)[None]
+                piece = torch.from_numpy(window_audio(normalised, start, end, sample_rate, fps)).to(device)
+                features = self.frame_features(piece, end - start, sample_rate, fps)[None]
             mask = torch.ones(1, end - start, dtype=torch.bool, device=device)
-            offsets = self(features.float(), mask, speaker_ids, ref)[0].float().cpu().numpy()                 # (T, V, 3)
-            ramp = np.ones(end - start, np.float32)
-            if start > 0:
-                ramp[:overlap] = np.linspace(0, 1, overlap + 2)[1:-1]
-            if end < n_frames:
-                ramp[-overlap:] = np.minimum(ramp[-overlap:], np.linspace(1, 0, overlap + 2)[1:-1])
-            output[start:end] += offsets * ramp[:, None, None]
-            weight[start:end] += ramp
-        return articulate(output / weight[:, None, None], articulation)
+            return self(features.float(), mask, speaker_ids, ref)[0].float().cpu().numpy()
+
+        return articulate(blend_windows(n_frames, fps, window_seconds, overlap_seconds, run), articulation)
 
     # ------------------------------------------------------------------ saving and loading
     def describe(self) -> dict:
@@ -217,6 +203,39 @@ class Audio2Mesh(nn.Module):
                                     f"save_pretrained (older pickled model.pt files are not read: they could run code)")
         weights = safetensors.torch.load_file(str(weights_path), device=str(map_location))
         return cls.from_state(json.loads(config_path.read_text()), weights)
+
+
+def window_audio(normalised: np.ndarray, start: int, end: int, sample_rate: int, fps: float) -> np.ndarray:
+    """The samples of frames [start, end), zero-padded where the audio ends early, and to the 400 samples a
+    Wav2Vec2 CNN needs at least."""
+    spf = sample_rate / fps
+    first, last = int(round(start * spf)), int(round(end * spf))
+    piece = np.zeros(max(last - first, 400), np.float32)
+    available = normalised[first:last]
+    piece[: len(available)] = available
+    return piece
+
+
+def blend_windows(n_frames: int, fps: float, window_seconds: float, overlap_seconds: float, run) -> np.ndarray:
+    """Offsets (n_frames, V, 3) from `run(start, end)` over windows of `window_seconds` that overlap by
+    `overlap_seconds`, blended with linear cross-fades over each overlap (one window when the audio is short). The
+    windowing of the one inference path, whatever runs the network (torch here, onnxruntime in a2m_lib.onnx_model)."""
+    window, overlap = int(round(window_seconds * fps)), int(round(overlap_seconds * fps))
+    output, weight = None, np.zeros(n_frames, np.float32)
+    starts = [0] if n_frames <= window else list(range(0, n_frames - overlap, window - overlap))
+    for start in starts:
+        end = min(start + window, n_frames)
+        offsets = run(start, end)
+        if output is None:
+            output = np.zeros((n_frames, *offsets.shape[1:]), np.float32)
+        ramp = np.ones(end - start, np.float32)
+        if start > 0:
+            ramp[:overlap] = np.linspace(0, 1, overlap + 2)[1:-1]
+        if end < n_frames:
+            ramp[-overlap:] = np.minimum(ramp[-overlap:], np.linspace(1, 0, overlap + 2)[1:-1])
+        output[start:end] += offsets * ramp[:, None, None]
+        weight[start:end] += ramp
+    return output / weight[:, None, None]
 
 
 @dataclass

@@ -267,16 +267,20 @@ def error_histograms(result):
     return fig
 
 
-def look_and_listen(result, videos: dict, processed: str | Path) -> None:
-    """For each rendered clip (evaluate.render_clips: the best, median and worst), its lip trace and its video with
-    the sound, in the notebook."""
-    from IPython.display import Video, display
+def look_and_listen(result, renders: dict, processed: str | Path) -> None:
+    """For each rendered clip (evaluate.render_clips: the best, median and worst), its lip trace, its video with the
+    sound, and the 3D viewer's page inline (in a frame: rotate it, play it)."""
+    from html import escape
 
-    for label, video in videos.items():
-        figure = lip_trace(result, Path(video).stem, processed, label)
+    from IPython.display import HTML, Video, display
+
+    for label, files_of in renders.items():
+        figure = lip_trace(result, Path(files_of["video"]).stem, processed, label)
         display(figure)
         plt.close(figure)
-        display(Video(str(video), embed=True, width=960, html_attributes="controls"))
+        display(Video(str(files_of["video"]), embed=True, width=960, html_attributes="controls"))
+        display(HTML(f'<iframe srcdoc="{escape(Path(files_of["view"]).read_text())}" width="990" height="660" '
+                     f'style="border:0"></iframe>'))
 
 
 def articulation(curve: pd.DataFrame, gains: dict | None = None, default: float | None = None, label: str = "this run"):

@@ -2,6 +2,7 @@
 
     a2m predict AUDIO --run-dir RUN_DIR [--speaker S] [--reference CLIP:FRAME] [--articulation G] --out OUT.npz
     a2m predict AUDIO --checkpoint CKPT --neutral NEUTRAL.npz --out OUT.npz
+    a2m predict AUDIO --onnx MODEL.onnx [--speaker S] --out OUT.npz       # onnxruntime, the same windows and gain
     a2m export-aniportrait --run-dir RUN_DIR OUT_DIR
 
 `predict_audio` reads any file ffmpeg reads (wav, mp3, m4a, a video with sound; any rate and channel count),
@@ -35,7 +36,7 @@ class Inputs:
     """What `a2m predict` needs besides the audio (prepare): the model, the mesh its offsets are added to, the
     speaker, the dynamic reference's offsets (None: the neutral), the frame rate and the articulation gain."""
 
-    model: Audio2Mesh
+    model: Audio2Mesh  # or an OnnxModel (a2m_lib.onnx_model): the same predict()
     base_mesh: np.ndarray
     speaker: str | None
     reference_offsets: np.ndarray | None
@@ -105,6 +106,25 @@ def predict_audio(model: Audio2Mesh, audio_path: str | Path, out_path: str | Pat
 
         render.render_meshes(video_path, {"model": verts}, fps, audio, sample_rate, side_view=True)
     return result
+
+
+def prepare_onnx(path: str | Path, speaker: str | None, articulation: float | None = None) -> Inputs:
+    """What `a2m predict --onnx` needs: the exported model (run by onnxruntime), its neutral for the speaker, its fps,
+    and the gain (the run's fitted one, carried in the file's metadata, unless --articulation sets one)."""
+    from .onnx_model import OnnxModel
+
+    model = OnnxModel(path)
+    if speaker is None and len(model.speakers) > 1:
+        raise PredictError(f"{path} knows speakers {', '.join(model.speakers)}; choose one with --speaker")
+    speaker = speaker if speaker is not None else (model.speakers[0] if model.speakers else None)
+    try:
+        base = model.neutral(speaker)
+    except ValueError as error:
+        raise PredictError(str(error)) from None
+    gain = model.gain(speaker) if articulation is None else float(articulation)
+    if gain <= 0:
+        raise PredictError(f"--articulation {gain}: give a gain > 0 (1 = as trained, 1.3 = 30% more movement)")
+    return Inputs(model=model, base_mesh=base, speaker=speaker, reference_offsets=None, fps=model.fps, articulation=gain)
 
 
 def prepare(run_dir: str | Path | None, checkpoint: str | Path | None, neutral: str | Path | None, speaker: str | None,

@@ -34,6 +34,10 @@ UPPER_INNER_LIP, LOWER_INNER_LIP = 13, 14
 UPPER_OUTER_LIP, LOWER_OUTER_LIP = 0, 17
 MOUTH_CORNERS = (61, 291)
 INNER_MOUTH_CORNERS = (78, 308)
+# The lips' contours as closed loops (MediaPipe's FACEMESH_LIPS edges, in order): the viewer draws them, so that the
+# gap between the upper and the lower inner lip is the mouth's opening.
+OUTER_LIP_LOOP = np.array([61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291, 375, 321, 405, 314, 17, 84, 181, 91, 146, 61])
+INNER_LIP_LOOP = np.array([78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308, 324, 318, 402, 317, 14, 87, 178, 88, 95, 78])
 # Upper-to-lower lip pairs along the inner and the outer contour (MediaPipe's FACEMESH_LIPS, a vertex of the upper
 # lip and the one below it), then the mouth's two widths: the distances the lip-gap loss (a2m_lib.losses) keeps.
 # Every lip vertex but the corners is in a pair, so the loss holds the whole contour, not three points of it.

@@ -9,29 +9,16 @@ lip motion, it needs no GPU or display, and 6 s render in about a second on the 
 """
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import cv2
 import numpy as np
-from scipy.spatial import Delaunay
 
 from . import media, regions, store
-from .mesh import reference_mesh
+from .mesh import mesh_edges, reference_mesh
 
 PANEL_COLOURS = {"truth": (40, 40, 40), "model": (30, 90, 200)}
 LIP_COLOUR = (220, 40, 40)
-
-
-@functools.lru_cache(maxsize=1)
-def mesh_edges() -> np.ndarray:
-    """(E, 2) vertex pairs of a triangulation of the reference face (front projection), built once."""
-    reference = reference_mesh()[: regions.N_LANDMARKS]
-    triangles = Delaunay(reference[:, :2]).simplices
-    edges = np.concatenate([triangles[:, [0, 1]], triangles[:, [1, 2]], triangles[:, [2, 0]]])
-    edges = np.unique(np.sort(edges, axis=1), axis=0)
-    length = np.linalg.norm(reference[edges[:, 0]] - reference[edges[:, 1]], axis=1)
-    return edges[length < 1.5]  # drop long edges across the mouth and around the outline
 
 
 def _project(meshes: np.ndarray, axes: tuple[int, int], size: int) -> tuple[np.ndarray, float, np.ndarray]:

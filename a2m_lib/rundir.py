@@ -91,6 +91,11 @@ def renders(run_dir) -> Path:
     return Path(run_dir) / "renders"
 
 
+def render(run_dir, clip_id: str, kind: str = "video") -> Path:
+    """renders/<clip>.mp4 (video: truth | model with the audio) or renders/<clip>.html (view: the 3D viewer)."""
+    return renders(run_dir) / f"{clip_id}.{'mp4' if kind == 'video' else 'html'}"
+
+
 def slurm(run_dir) -> Path:
     """The jobs that ran the run on a SLURM cluster: their scripts, logs, `<step>.ok` markers and report.json."""
     return Path(run_dir) / "slurm"

@@ -143,9 +143,10 @@ def test_evaluation_writes_predictions_then_metrics_and_renders(trained_run):
     assert clip["model"].shape == clip["truth"].shape and clip["neutral"].shape == (468, 3)
     np.testing.assert_allclose(clip["model"], clip["neutral"] + articulate(clip["model_unscaled"] - clip["neutral"],
                                                                             float(clip["articulation"])), atol=1e-5)
-    videos = evaluate.render_clips(result, cfg, run_dir, progress=False)
-    assert sorted(videos) == ["best", "median", "worst"] and all(v.parent == rundir.renders(run_dir) for v in videos.values())
-    video = videos["best"]
+    renders = evaluate.render_clips(result, cfg, run_dir, progress=False)
+    assert sorted(renders) == ["best", "median", "worst"]
+    assert all(r["video"].parent == r["view"].parent == rundir.renders(run_dir) for r in renders.values())
+    video = renders["best"]["video"]
     assert media.probe_streams(video) == {"has_video": True, "has_audio": True}
     n_frames = sum(1 for _ in media.iter_frames(video, clip["fps"]))
     best = result.load(video.stem)

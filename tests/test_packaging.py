@@ -8,7 +8,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK_MODULES = {"01_extract": "extract", "02_alignment_qa": "qa", "03_neutral_selection": "neutral",
-                    "04_train": "train", "05_evaluate": "evaluate"}
+                    "04_train": "train", "05_evaluate": "evaluate", "06_compare": "compare"}
 
 
 def _pins(requirements):

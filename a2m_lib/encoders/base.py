@@ -38,6 +38,8 @@ class AudioEncoder:
     frozen: bool
     whole_recording: bool = False
     weights_sha256: str = ""
+    features_in_graph: bool = False  # the ONNX export runs frame_features inside the graph (a2m_lib.onnx_model)
+    normalisation: ClassVar[str] = "zero mean, unit variance over the recording (Wav2Vec2's convention)"
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

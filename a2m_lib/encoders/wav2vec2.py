@@ -27,7 +27,7 @@ class SpeechTransformerEncoder(AudioEncoder):
     top-level forward, which masks, is not called). A subclass inherits from the transformers model too, so its weights
     keep their names (`audio_encoder.*`, as AniPortrait's), and sets `kind`, `Options` and `DEFAULT_WEIGHTS`."""
 
-    whole_recording = False
+    whole_recording, features_in_graph = False, True  # the CNN and the stretch to the frames export to ONNX
     DEFAULT_WEIGHTS = ""
 
     @classmethod

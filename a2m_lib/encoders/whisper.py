@@ -193,6 +193,7 @@ class WhisperAudioEncoder(nn.Module, AudioEncoder):
     """
 
     kind, frozen, whole_recording = "whisper", True, True
+    normalisation = f"mean removed, RMS {SPEECH_RMS} over the recording"
     WINDOW_SECONDS, WINDOW_HOP = 8.0, 4.0
     POSITIONS_PER_SECOND = 50.0  # Whisper's encoder: 100 mel frames per second, halved by conv2's stride
 
