@@ -174,15 +174,17 @@ def fit_articulation(model: Audio2Mesh, clips: pd.DataFrame, processed, neutrals
 
 def articulation_for(cfg: Config, run_dir: Path, model: Audio2Mesh, splits: pd.DataFrame, neutrals: dict,
                      progress: bool = True) -> Articulation:
-    """evaluate.articulation: `auto` fits on the run's validation clips and writes rundir.articulation; a number is
-    that gain for every speaker (recorded in metrics.json, not in the run's articulation file)."""
-    setting = cfg.evaluate.articulation
-    if setting != "auto":
-        return Articulation({}, float(setting), f"set: evaluate.articulation={setting}")
+    """The run's gain per speaker is fitted on its validation clips and written to the run (rundir.articulation)
+    every time; evaluate.articulation says which gain applies: `auto` the fitted ones, a number that gain for every
+    speaker (the fitted gains stay in the file and in metrics.json's `articulation.fitted`)."""
     fitted = fit_articulation(model, splits[splits.split == "val"], cfg.data.processed, neutrals, cfg.data.sample_rate,
                               progress)
     files.write_json(rundir.articulation(run_dir), dataclasses.asdict(fitted))
-    return fitted
+    setting = cfg.evaluate.articulation
+    if setting == "auto":
+        return fitted
+    return Articulation({}, float(setting), f"set: evaluate.articulation={setting}; fitted on validation: "
+                                            f"{fitted.default:g} ({fitted.source})", fitted.curve)
 
 
 def predict_clips(model: Audio2Mesh, clips: pd.DataFrame, processed, neutrals: dict, training: TrainingFrames,

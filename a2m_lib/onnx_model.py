@@ -119,6 +119,8 @@ def export_onnx(run_dir, out, checkpoint: str = "best") -> dict:
                                     verbose=False)
     proto = program.model_proto
     fitted = Articulation.read(rundir.articulation(run_dir))
+    if cfg.evaluate.articulation != "auto":  # the run set one gain for every voice
+        fitted = Articulation({}, float(cfg.evaluate.articulation), f"set: evaluate.articulation={cfg.evaluate.articulation}")
     metadata = dict(
         format="a2m-onnx", run=str(run_dir), checkpoint=checkpoint, opset=ONNX_OPSET, fps=cfg.data.fps,
         sample_rate=cfg.data.sample_rate, speakers=speakers + (["(any other voice)"] if model.cfg.speaker_normalisation else []),

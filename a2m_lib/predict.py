@@ -164,6 +164,8 @@ def prepare(run_dir: str | Path | None, checkpoint: str | Path | None, neutral: 
         if not np.isfinite(mesh).all():
             raise PredictError(f"--reference {reference}: that frame has no face; choose another frame")
         reference_offsets, base = mesh - base, mesh
+    if articulation is None and run_dir is not None and cfg.evaluate.articulation != "auto":
+        articulation = float(cfg.evaluate.articulation)  # the run set one gain
     if articulation is None:  # the run's fitted gain for this speaker (a voice it never heard: the run's default)
         fitted = Articulation.read(rundir.articulation(run_dir)) if run_dir is not None else None
         articulation = fitted.gain(speaker) if fitted else 1.0

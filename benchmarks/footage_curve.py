@@ -25,7 +25,8 @@ sys.path.insert(0, str(REPO))
 GRID = REPO.parent / "shared" / "eval_media" / "grid_s1"
 CONFIG = REPO / "configs" / "grid.yaml"
 # The encoders compared: configs/grid.yaml as it is (Whisper), and the mel recipe of configs/real_mel.yaml.
-ENCODERS = {"whisper": {}, "mel": {"model.encoder": "mel", "model.conv_layers": 5, "train.augment": True,
+ENCODERS = {"whisper": {}, "mel": {"model.encoder": "mel", "model.encoder_options": {"conv_layers": 5, "conv_hidden": 128,
+                                                                                "dropout": 0.2}, "train.augment": True,
                                     "train.lr": 2e-3}}
 
 
@@ -41,9 +42,9 @@ def link_raw(raw: Path) -> int:
 
 def prepare(base: Path) -> None:
     """Extraction, QA and neutral selection once, through the notebooks (what `a2m run` does)."""
-    from a2m_lib import runner
+    from a2m_lib import rundir, runner
 
-    if (base / "qa.csv").exists() and (base / "neutral").is_dir():
+    if rundir.qa_table(base).exists() and rundir.neutral_dir(base).is_dir():
         return
     for stage in ("01", "02", "03"):
         runner.run(CONFIG, base, [], only=stage, progress=False)
@@ -52,20 +53,16 @@ def prepare(base: Path) -> None:
 def one_point(base: Path, encoder: str, minutes: float, steps: int) -> dict:
     import pandas as pd
 
-    from a2m_lib import evaluate, train
+    from a2m_lib import evaluate, rundir, train
     from a2m_lib.config import load_config
     from a2m_lib.dataset import split_clips
 
     run = REPO / "runs" / f"grid_s1-curve-{encoder}-{minutes:g}min"
     shutil.rmtree(run, ignore_errors=True)
-    run.mkdir(parents=True)
-    shutil.copy(base / "qa.csv", run / "qa.csv")
-    shutil.copytree(base / "neutral", run / "neutral")
+    rundir.branch(base, run)
     overrides = {**ENCODERS[encoder], "data.train_minutes": float(minutes)}
     cfg = load_config(CONFIG, overrides)
-    accepted = pd.read_csv(run / "qa.csv", keep_default_na=False)
-    accepted = accepted[accepted.use.astype(str) == "True"]
-    splits = split_clips(accepted, cfg.data.val_fraction, cfg.data.test_fraction, cfg.seed, cfg.data.split_by,
+    splits = split_clips(rundir.accepted_clips(run), cfg.data.val_fraction, cfg.data.test_fraction, cfg.seed, cfg.data.split_by,
                          cfg.data.train_minutes, cfg.data.fps)
     n_train = int((splits.split == "train").sum())
     epochs = max(3, math.ceil(steps / math.ceil(n_train / cfg.train.batch_size)))

@@ -2,12 +2,14 @@
 held-out metrics per speaker for the mel encoder (configs/real_mel.yaml), Whisper tiny.en and Whisper base
 (configs/real.yaml), so later changes can be compared against them.
 
-    .venv/bin/python benchmarks/real_footage.py [--variants mel tiny.en base] [-p key=value ...]
+    .venv/bin/python benchmarks/real_footage.py [--variants mel tiny.en base] [--split-by clip speaker] [-p key=value ...]
 
 Builds data/raw/real/<speaker>/ as symbolic links into ../shared/eval_media (nothing is copied into the repo), runs
 notebooks 01-03 once (runs/real: extraction, QA, neutrals), then notebooks 04-05 for each variant in
-runs/real-<variant> on that run's QA decisions and neutrals. Held-out clips are chosen by the config's split (per
-speaker, by clip; the same for every variant); every speaker with at least 3 accepted clips has test clips.
+runs/real-<variant> on that run's QA decisions and neutrals (rundir.branch). Held-out clips are chosen by the config's
+split, the same for every variant: by clip (`clip`: held-out clips of every speaker; every speaker with at least 3
+accepted clips has test clips) and by speaker (`speaker`, data.split_by: held-out voices the model never heard).
+Results, each split under its own key, go to benchmarks/real_footage_results.json (a split not run is kept).
 """
 from __future__ import annotations
 
@@ -87,23 +89,26 @@ VARIANTS = {"mel": ("configs/real_mel.yaml", []), "tiny.en": ("configs/real.yaml
 def summarise(run_dir: Path, record: dict) -> dict:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     return dict(encoder=metrics["encoder"], seconds_per_notebook={k: v["seconds"] for k, v in record["notebooks"].items()},
-                model=metrics["model"], baselines=metrics["baselines"], failures=metrics["failures"],
+                model=metrics["model"], model_unscaled=metrics.get("model_unscaled"), articulation=metrics.get("articulation"),
+                baselines=metrics["baselines"], failures=metrics["failures"], n_clips=metrics["n_clips"],
                 lve_ratio_model_to_neutral=metrics["lve_ratio_model_to_neutral"],
                 lve_ratio_model_to_mean_offset=metrics["lve_ratio_model_to_mean_offset"],
                 per_speaker={s: dict(lve=b["model"]["lve"], mean_offset_lve=b["baselines"]["mean_offset"]["lve"],
                                      neutral_lve=b["baselines"]["neutral"]["lve"], mouth_corr=b["model"]["mouth_corr"],
-                                     motion_ratio=b["model"]["motion_ratio"], n_clips=b["model"]["n_clips"])
+                                     motion_ratio=b["model"]["motion_ratio"], closure_error=b["model"]["closure_error"],
+                                     peak_opening_ratio=b["model"]["peak_opening_ratio"], n_clips=b["model"]["n_clips"])
                              for s, b in metrics["per_speaker"].items()})
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--split-by", nargs="+", default=["clip", "speaker"], choices=["clip", "speaker"])
     parser.add_argument("-p", "--param", action="append", default=[])
     args = parser.parse_args()
     if not SHARED.exists():
         sys.exit(f"{SHARED} is absent: this benchmark needs the shared real footage")
-    from a2m_lib import runner
+    from a2m_lib import rundir, runner
 
     raw = REPO / "data" / "raw" / "real"
     print(f"{build_raw(raw)} real videos linked under {raw}", flush=True)
@@ -112,23 +117,33 @@ def main() -> None:
     record = {"notebooks": {}}
     for stage in ("01", "02", "03"):  # once: every variant trains on these QA decisions and neutrals
         record["notebooks"].update(runner.run(REPO / "configs" / "real.yaml", base, args.param, only=stage)["notebooks"])
-    result = dict(seconds_shared_stages={k: v["seconds"] for k, v in record["notebooks"].items()}, variants={})
-    for name in args.variants:
-        config, params = VARIANTS[name]
-        run_dir = REPO / "runs" / f"real-{name}"
-        shutil.rmtree(run_dir, ignore_errors=True)
-        run_dir.mkdir(parents=True)
-        shutil.copy(base / "qa.csv", run_dir / "qa.csv")
-        shutil.copytree(base / "neutral", run_dir / "neutral")
-        variant_record = runner.run(REPO / config, run_dir, params + args.param, stage_from="04")
-        result["variants"][name] = summarise(run_dir, variant_record)
+    path = REPO / "benchmarks" / "real_footage_results.json"
+    result = json.loads(path.read_text()) if path.exists() else {}
+    result = result if "splits" in result else {"splits": {}}  # results written before the speaker split: replaced
+    result["seconds_shared_stages"] = {k: v["seconds"] for k, v in record["notebooks"].items()}
+    for split_by in args.split_by:
+        variants = result["splits"].setdefault(split_by, {})
+        for name in args.variants:
+            config, params = VARIANTS[name]
+            run_dir = REPO / "runs" / f"real-{split_by}-{name}"
+            shutil.rmtree(run_dir, ignore_errors=True)
+            rundir.branch(base, run_dir)
+            variant_record = runner.run(REPO / config, run_dir, params + args.param + [f"data.split_by={split_by}"],
+                                        stage_from="04")
+            variants[name] = summarise(run_dir, variant_record)
+            path.write_text(json.dumps(result, indent=2))
     result["seconds_total"] = round(time.time() - started)
-    (REPO / "benchmarks" / "real_footage_results.json").write_text(json.dumps(result, indent=2))
-    print(f"{'variant':10} {'train s':>8} {'LVE':>7} {'x neutral':>10} {'x mean off':>11} {'corr':>6} {'motion':>7}")
-    for name, row in result["variants"].items():
-        print(f"{name:10} {row['seconds_per_notebook']['04_train']:8.0f} {row['model']['lve']:7.3f} "
-              f"{row['lve_ratio_model_to_neutral']:10.2f} {row['lve_ratio_model_to_mean_offset']:11.2f} "
-              f"{row['model']['mouth_corr']:6.2f} {row['model']['motion_ratio']:7.2f}")
+    path.write_text(json.dumps(result, indent=2))
+    for split_by, variants in result["splits"].items():
+        print(f"split by {split_by}")
+        print(f"{'variant':10} {'train s':>8} {'LVE':>7} {'x neutral':>10} {'x mean off':>11} {'corr':>6} {'motion':>7} "
+              f"{'closure':>8} {'peak':>6} {'lag':>6}")
+        for name, row in variants.items():
+            model = row["model"]
+            print(f"{name:10} {row['seconds_per_notebook']['04_train']:8.0f} {model['lve']:7.3f} "
+                  f"{row['lve_ratio_model_to_neutral']:10.2f} {row['lve_ratio_model_to_mean_offset']:11.2f} "
+                  f"{model['mouth_corr']:6.2f} {model['motion_ratio']:7.2f} {model['closure_error']:8.3f} "
+                  f"{model['peak_opening_ratio']:6.2f} {model['lip_lag_frames']:+6.2f}")
 
 
 if __name__ == "__main__":

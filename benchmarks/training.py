@@ -35,10 +35,7 @@ from a2m_lib.model import Audio2Mesh, load_model  # noqa: E402
 
 
 def prepared_run(run_dir: Path, demo_run: Path) -> Path:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copy(demo_run / "qa.csv", run_dir / "qa.csv")
-    shutil.copytree(demo_run / "neutral", run_dir / "neutral", dirs_exist_ok=True)
-    return run_dir
+    return rundir.branch(demo_run, run_dir)
 
 
 def base_sized_encoder(folder: Path) -> Path:

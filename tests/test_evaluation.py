@@ -137,7 +137,7 @@ def test_evaluation_writes_predictions_then_metrics_and_renders(trained_run):
     assert {"closure_error", "peak_opening_ratio", "lip_lag_frames"} <= set(saved["model"])
     # the articulation gain: fitted per speaker on validation, recorded in the run, applied to `model` only
     fitted = json.loads(rundir.articulation(run_dir).read_text())
-    assert saved["articulation"] == fitted and fitted["source"].startswith("fitted on")
+    assert saved["articulation"] == fitted and fitted["source"].startswith("fitted on")  # demo.yaml: auto
     assert fitted["default"] in evaluate.ARTICULATION_GAINS and "model_unscaled" in saved
     clip = result.load(result.per_clip.clip_id[0])
     assert clip["model"].shape == clip["truth"].shape and clip["neutral"].shape == (468, 3)
