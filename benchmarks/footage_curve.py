@@ -51,8 +51,6 @@ def prepare(base: Path) -> None:
 
 
 def one_point(base: Path, encoder: str, minutes: float, steps: int) -> dict:
-    import pandas as pd
-
     from a2m_lib import evaluate, rundir, train
     from a2m_lib.config import load_config
     from a2m_lib.dataset import split_clips
