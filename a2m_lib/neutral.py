@@ -29,6 +29,7 @@ from .config import NeutralChoice
 from .rundir import load_neutral, save_neutral
 
 SCORE_WEIGHTS = {"mouth": 1.0, "energy": 1.0, "eyes": 0.5, "pose": 0.5, "motion": 0.5, "blendshapes": 1.0}
+CLOSED_QUANTILE = 0.2  # a speaker's closed frames: the lowest 20% of its inner-lip gap (as metrics.closure_frames)
 
 
 def frame_measures(clips: dict[str, dict]) -> pd.DataFrame:
@@ -73,7 +74,9 @@ def score_frames(features: pd.DataFrame) -> pd.DataFrame:
     """Lower score = more neutral: a weighted sum of each feature's percentile rank within the speaker.
 
     Ranks, not z-scores: a feature that barely varies (eyes that never blink) must not turn its
-    noise into large scores.
+    noise into large scores. A frame whose mouth is open beyond the speaker's closed frames (its lowest
+    CLOSED_QUANTILE of the inner-lip gap) ranks after every closed one, whatever its other scores: a neutral
+    with the mouth a little open offsets the closures of every prediction (UniTalker's issue 36).
     """
     scored = features.copy()
     rank = {name: features[name].rank(pct=True) for name in
@@ -85,6 +88,7 @@ def score_frames(features: pd.DataFrame) -> pd.DataFrame:
                        + SCORE_WEIGHTS["motion"] * rank["motion"])
     if "blendshape_energy" in features:
         scored["score"] += SCORE_WEIGHTS["blendshapes"] * features["blendshape_energy"].rank(pct=True)
+    scored["score"] += sum(SCORE_WEIGHTS.values()) * (rank["mouth_opening"] > CLOSED_QUANTILE)
     return scored.sort_values("score").reset_index(drop=True)
 
 
@@ -127,6 +131,14 @@ class Ranking:
         self.processed = processed
         self.clips = load_speaker_clips(processed, accepted)
         self.scored = {speaker: score_frames(frame_measures(clips)) for speaker, clips in self.clips.items()}
+        # the speaker's closed mouth: the mean inner-lip gap of its most closed 20% of frames (metrics.closure_frames)
+        self.closed_level = {speaker: float(table.mouth_opening[table.mouth_opening <= table.mouth_opening.quantile(
+                             CLOSED_QUANTILE)].mean()) for speaker, table in self.scored.items()}
+
+    def closure_error(self, speaker: str, mesh: np.ndarray) -> float:
+        """How far a neutral's mouth is open beyond the speaker's closed level (mesh units; 0: closed): a neutral with
+        the mouth a little open offsets every prediction's closures (UniTalker's issue 36)."""
+        return float(regions.mouth_opening(mesh) - self.closed_level[speaker])
 
     @property
     def speakers(self) -> list[str]:
@@ -183,7 +195,8 @@ def choose(run_dir: str | Path, ranking: Ranking, choice: NeutralChoice | str, o
         saved = load_neutral(existing) if speaker not in fixed and choice.kind == "auto" and existing.exists() else None
         if saved is not None and saved["chosen_by"] == "manual":  # a picker choice outlives re-running the notebook
             rows.append(dict(speaker=speaker, clip_id=saved["clip_id"], frame=saved["frame"], chosen_by="manual (kept)",
-                             score=float("nan"), path=str(existing)))
+                             score=float("nan"), closure_error=ranking.closure_error(speaker, saved["mesh"]),
+                             path=str(existing)))
             continue
         if speaker in fixed:
             neutral_mesh, clip_id, frame, chosen_by, score = fixed[speaker]
@@ -197,6 +210,7 @@ def choose(run_dir: str | Path, ranking: Ranking, choice: NeutralChoice | str, o
             clip_id, frame, chosen_by, score = top.clip_id, int(top.frame), "auto", float(top.score)
             neutral_mesh = ranking.clips[speaker][clip_id]["mesh"][frame]
         path = save_neutral(rundir.neutral_file(run_dir, speaker), neutral_mesh, speaker, clip_id, frame, chosen_by, score)
-        rows.append(dict(speaker=speaker, clip_id=clip_id, frame=frame, chosen_by=chosen_by, score=score, path=str(path)))
+        rows.append(dict(speaker=speaker, clip_id=clip_id, frame=frame, chosen_by=chosen_by, score=score,
+                         closure_error=ranking.closure_error(speaker, neutral_mesh), path=str(path)))
     rundir.record_neutral_choice(run_dir, str(choice), rows, replace=not only_named)
     return pd.DataFrame(rows)
