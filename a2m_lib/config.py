@@ -431,13 +431,11 @@ def command_config(run_dir: str | Path, config_path: str | Path | None = None,
     without one starts here, from --config and -p, and the result is written there; a run with one is read as it is,
     and --config or -p that would change it stop the command, naming the keys (nothing falls back to defaults)."""
     path = rundir.config(project_path(run_dir))
+    if not path.exists() and config_path is None:
+        raise ConfigError(f"{path} does not exist: give --config CONFIG (and any -p) to start the run {run_dir}, or "
+                          f"start it with `a2m run --config CONFIG --run-dir {run_dir}`")
     if not path.exists():
-        if config_path is None:
-            raise ConfigError(f"{path} does not exist: give --config CONFIG (and any -p) to start the run {run_dir}, or "
-                              f"start it with `a2m run --config CONFIG --run-dir {run_dir}`")
-        cfg = load_config(config_path, overrides)
-        write_run_config(cfg, run_dir)
-        return cfg
+        return run_config(run_dir, config_path, overrides)
     cfg = load_config(path)
     if config_path is not None or overrides:
         asked = load_config(config_path or path, overrides)
