@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,6 +46,7 @@ VARIANTS = {
 # 40 minutes, benchmarks/footage_curve.py's base run and its 8 epochs of about 100 steps).
 RECIPES = {"real": dict(config=REPO / "configs" / "real.yaml", base="lips-base", overrides={}),
            "grid": dict(config=REPO / "configs" / "grid.yaml", base="grid_s1-base", overrides={"train.epochs": 8})}
+SHIPPED = "std1"  # what configs/real.yaml and configs/grid.yaml keep
 KEYS = ("lve", "mouth_corr", "motion_ratio", "closure_error", "peak_opening_ratio", "lip_lag_frames")
 
 
@@ -81,13 +81,20 @@ def one_variant(base: Path, name: str, split_by: str, recipe: str = "real") -> d
     cfg = config.load_config(RECIPES[recipe]["config"], {**TODAY, **RECIPES[recipe]["overrides"], **VARIANTS[name],
                                                          "data.split_by": split_by})
     config.write_run_config(cfg, run)
-    started = time.time()
-    result = train.train(cfg, run, progress=False)
-    seconds = time.time() - started
-    fitted = evaluate.evaluate(cfg, run, progress=False).summary  # evaluate.articulation: auto (the fitted gain)
+    train.train(cfg, run, progress=False)
+    evaluate.evaluate(cfg, run, progress=False)  # evaluate.articulation: auto (the fitted gain)
+    return summarise(run, name)
+
+
+def summarise(run: Path, name: str) -> dict:
+    """A variant's row, from its run folder alone (metrics.json, train_summary.json, the prediction files)."""
+    from a2m_lib import evaluate, rundir
+
+    fitted = json.loads(rundir.metrics(run).read_text())
+    result = json.loads(rundir.train_summary(run).read_text())
     curve = evaluate.gain_curve(rundir.predictions(run))
     unscaled, model = fitted["model_unscaled"], fitted["model"]
-    return dict(overrides=VARIANTS[name], train_seconds=round(seconds), best_epoch=result.best_epoch, run=str(run),
+    return dict(overrides=VARIANTS[name], train_seconds=round(result["seconds"]), best_epoch=result["best_epoch"], run=str(run),
                 gain1={key: unscaled[key] for key in KEYS}, fitted={key: model[key] for key in KEYS},
                 articulation=fitted["articulation"], baselines={b: {key: v[key] for key in KEYS}
                                                                for b, v in fitted["baselines"].items()},
@@ -124,15 +131,19 @@ def plot(rows: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(7.5, 4.8))
-    for name, row in rows.items():
+    figure, axis = plt.subplots(figsize=(9, 5.4))
+    colours = plt.get_cmap("tab20").colors
+    for number, (name, row) in enumerate(rows.items()):
         curve = row["curve"]
-        style = dict(color="black", linewidth=2.2) if name == "today" else dict(linewidth=1)
-        axis.plot(curve["motion_ratio"], curve["lve"], label=name, **style)
-        axis.plot(row["gain1"]["motion_ratio"], row["gain1"]["lve"], "o", color=axis.lines[-1].get_color())
+        style = {"today": dict(color="black", linewidth=2.4), SHIPPED: dict(color="tab:red", linewidth=2.4)}.get(
+            name, dict(color=colours[number % len(colours)], linewidth=0.9, alpha=0.8))
+        axis.plot(curve["motion_ratio"], curve["lve"], label=name + (" (shipped)" if name == SHIPPED else ""), **style)
+        axis.plot(row["gain1"]["motion_ratio"], row["gain1"]["lve"], "o", color=style["color"])
     mean_offset = next(iter(rows.values()))["baselines"]["mean_offset"]["lve"]
     axis.axhline(0.95 * mean_offset, color="grey", linestyle=":", label="0.95 x mean-offset baseline")
     axis.axvspan(0.85, 1.15, color="green", alpha=0.07, label="target motion ratio")
+    lowest = min(min(row["curve"]["lve"]) for row in rows.values())
+    axis.set_ylim(lowest * 0.97, lowest * 1.45)
     axis.set(xlabel="motion ratio (predicted / true lip motion)", ylabel="held-out LVE (mesh units)", xlim=(0.3, 1.4),
              title="each run scaled by a gain (dots: as trained); lower at the same motion is better")
     axis.legend(fontsize=7)
@@ -146,16 +157,24 @@ def main() -> None:
     parser.add_argument("--split-by", default="clip", choices=["clip", "speaker"])
     parser.add_argument("--recipe", default="real", choices=list(RECIPES))
     parser.add_argument("--force", action="store_true", help="train variants already in the results again")
+    parser.add_argument("--collect", action="store_true", help="rebuild the rows of runs already made, without training")
     args = parser.parse_args()
     import real_footage
 
+    from a2m_lib import rundir
+
     if not real_footage.SHARED.exists():
         sys.exit(f"{real_footage.SHARED} is absent: this benchmark needs the shared real footage")
-    base = prepare_base(args.recipe)
+    base = None if args.collect else prepare_base(args.recipe)
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     key = args.split_by if args.recipe == "real" else f"{args.recipe}-{args.split_by}"
     rows = results.setdefault(key, {})
     for name in args.variants:
+        run = REPO / "runs" / f"lips-{args.recipe}-{args.split_by}-{name}"
+        if args.collect:
+            if rundir.metrics(run).exists():
+                rows[name] = summarise(run, name)
+            continue
         if name in rows and not args.force:
             continue
         rows[name] = one_variant(base, name, args.split_by, args.recipe)
