@@ -335,7 +335,7 @@ def footage_curve(rows: list[dict] | None, this_run_minutes: float | None = None
 
 def layer_mix(run_dir: str | Path, checkpoint: str = "best"):
     """How much the trained model listens to each hidden state of a pretrained encoder that mixes its layers
-    (model.whisper_layers: weighted); None for an encoder without a layer mix."""
+    (model.encoder_options.layers: weighted); None for an encoder without a layer mix."""
     from .model import load_model
 
     model = load_model(rundir.checkpoint(run_dir, checkpoint))

@@ -82,8 +82,8 @@ def build_raw(raw: Path) -> int:
     return count
 
 
-VARIANTS = {"mel": ("configs/real_mel.yaml", []), "tiny.en": ("configs/real.yaml", ["model.pretrained=tiny.en"]),
-            "base": ("configs/real.yaml", ["model.pretrained=base"])}
+VARIANTS = {"mel": ("configs/real_mel.yaml", []), "tiny.en": ("configs/real.yaml", ["model.encoder_options.pretrained=tiny.en"]),
+            "base": ("configs/real.yaml", ["model.encoder_options.pretrained=base"])}
 
 
 def summarise(run_dir: Path, record: dict) -> dict:

@@ -49,16 +49,17 @@ def base_sized_encoder(folder: Path) -> Path:
 
 def cache_speedup(work: Path, demo_run: Path, processed: str, epochs: int) -> list[dict]:
     rows = []
-    encoders = {"wav2vec2-base-sized (random)": {"model.encoder": "wav2vec2", "model.pretrained": str(base_sized_encoder(work / "w2v2-base")),
-                                                 "model.latent_dim": 512, "model.only_last_features": True},
-                "demo (scratch, CNN frozen)": {"model.encoder": "scratch"}}
+    encoders = {"wav2vec2-base-sized (random)": {"model.encoder": "wav2vec2", "model.latent_dim": 512, "model.encoder_options": {
+                    "pretrained": str(base_sized_encoder(work / "w2v2-base")), "only_last_features": True,
+                    "freeze_feature_encoder": True}},
+                "demo (scratch, CNN frozen)": {"model.encoder": "scratch", "model.encoder_options.freeze_feature_encoder": True}}
     for name, settings in encoders.items():
         for cached in (True, False):
             run_dir = prepared_run(work / f"{name[:6]}-{cached}", demo_run)
             shutil.rmtree(Path(processed) / "features", ignore_errors=True)  # the cache is built inside the measurement
             cfg = config.load_config(REPO / "configs" / "demo.yaml", {
                 "data.processed": processed, "train.epochs": epochs, "train.cache_features": cached,
-                "model.freeze_feature_encoder": True, "train.validate_every": 1000, **settings})
+                "train.validate_every": 1000, **settings})
             started = time.time()
             result = train.train(cfg, run_dir, progress=False)
             seconds = result.history.seconds.to_numpy()
