@@ -321,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     onnx.set_defaults(func=cmd_export_onnx)
 
     view = commands.add_parser("view", help="one HTML file: a prediction's meshes in 3D, with its sound")
-    view.add_argument("prediction", help="an a2m predict OUT.npz, or a run's predictions/<clip>.npz")
+    view.add_argument("prediction", help="an a2m predict OUT.npz, or a clip's prediction file of a run's evaluation")
     view.add_argument("--out", required=True, help="VIEW.html")
     view.set_defaults(func=cmd_view)
 

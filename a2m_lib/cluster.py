@@ -103,13 +103,14 @@ def done(run_dir: Path, step: str) -> bool:
 
 
 def pipeline_steps(cfg: Config, run_dir: Path, extract_tasks: int, train_tasks: int, gpus: bool) -> list[Step]:
-    run = "$A2M run --config \"$RUN/config.yaml\" --run-dir \"$RUN\""
+    run_config_file = rundir.config("$RUN")  # the run's config.yaml, the shell finding the run in $RUN
+    run = f'$A2M run --config "{run_config_file}" --run-dir "$RUN"'
     store = str(cfg.data.processed)
     shards = [str(i) for i in range(max(1, extract_tasks))]
     train_options = [f"--cpus-per-task={max(1, train_tasks)}"] + ([f"--gpus-per-node={train_tasks}"] if gpus else [])
     return [
         Step("extract", [f"$A2M extract {shlex.quote(str(cfg.data.raw))} --out {shlex.quote(store)}.shards/$ITEM "
-                         f"--shard $ITEM/{len(shards)} --config \"$RUN/config.yaml\" --workers ${{SLURM_CPUS_PER_TASK:-1}}"],
+                         f'--shard $ITEM/{len(shards)} --config "{run_config_file}" --workers ${{SLURM_CPUS_PER_TASK:-1}}'],
              array=shards),
         Step("merge", [f"$A2M merge {shlex.quote(store)}.shards/* --out {shlex.quote(store)}", f"{run} --only 01"]),
         Step("qa", [f"{run} --only 02", f"{run} --only 03"]),

@@ -111,7 +111,7 @@ def run(config_path, base, grid: dict[str, list], fixed=None, out=None, slurm: b
     if slurm:
         from . import cluster
 
-        step = cluster.Step("sweep", ['$A2M run --config "$ITEM/config.yaml" --run-dir "$ITEM" --from 04'],
+        step = cluster.Step("sweep", [f'$A2M run --config "{rundir.config("$ITEM")}" --run-dir "$ITEM" --from 04'],
                             array=[str(r.run_dir) for r in todo])
         summary["job"] = cluster.submit(step, runs[0].run_dir.parent, options=sbatch_options)
         return summary

@@ -48,7 +48,8 @@ def read_prediction(path) -> dict:
     """{meshes: {name: (T, V, 3)}, fps, audio, sample_rate, title} from either kind of prediction file."""
     path = Path(path)
     if not path.exists():
-        raise ViewError(f"{path} does not exist; give an `a2m predict` output or a run's predictions/<clip>.npz")
+        raise ViewError(f"{path} does not exist; give an `a2m predict` output or a clip's prediction file of a run's "
+                        f"evaluation")
     with np.load(path) as data:
         content = {key: data[key] for key in data.files}
     if "audio" not in content:

@@ -89,8 +89,9 @@ def test_each_encoder_checks_its_own_options():
         small("whisper", layers="middle")
     with pytest.raises(ConfigError, match=r"model.encoder_options.conv_hidden' expects int"):
         small("mel", conv_hidden="wide")
-    with pytest.raises(ConfigError, match=r"model.encoder.*'whisperx'.*hubert, mel, scratch, wav2vec2, whisper"):
+    with pytest.raises(ConfigError, match=r"model.encoder.*'whisperx'") as refused:
         ModelConfig(encoder="whisperx")
+    assert all(kind in str(refused.value) for kind in ("hubert", "mel", "scratch", "wav2vec2", "whisper"))  # it lists them
     assert small("mel").encoder_options == dict(conv_hidden=32, conv_layers=4, conv_kernel=5, dropout=0.0, bands=40)
 
 
