@@ -281,3 +281,21 @@ def test_damaged_video_packets_are_skipped_and_noted(synthetic_raw, tmp_path, cf
     manifest = extract.extract_store(tmp_path / "raw", tmp_path / "out", cfg.data, cfg.extract, progress=False)
     row = manifest.iloc[0]
     assert row.status == "ok" and "damaged video packets" in row.reason, row.to_dict()
+
+
+def test_the_store_knows_its_own_audio_rate():
+    """The store finaliser (faces.finalise_store, after extraction and after a2m merge) judges faces at the rate the
+    clips were extracted at, read from the store's own manifest: a merge has no config to forget it from."""
+    import json
+
+    import pandas as pd
+
+    from a2m_lib import store
+
+    def manifest(*rates):
+        return pd.DataFrame({"settings": [json.dumps({"sample_rate": rate, "fps": 30}) for rate in rates] + [""]})
+
+    assert store.sample_rate(manifest(22050, 22050)) == 22050
+    assert store.sample_rate(manifest()) == 16000  # no clips yet
+    with pytest.raises(ValueError, match=r"several audio rates \(\[16000, 22050\]\)"):
+        store.sample_rate(manifest(16000, 22050))
