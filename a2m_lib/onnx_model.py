@@ -156,6 +156,8 @@ class OnnxModel:
         options = onnxruntime.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        # no busy-waiting between runs: torch computes the feature step in between (Whisper) on the same cores
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.path = Path(path)
         if not self.path.exists():
             raise FileNotFoundError(f"{self.path} does not exist; write one with a2m export-onnx --run-dir RUN --out {path}")
