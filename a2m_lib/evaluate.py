@@ -294,8 +294,8 @@ def evaluate(cfg: Config, run_dir: str | Path, split: str | None = None, checkpo
     model = load_model(checkpoint_path, device)
     splits_path = rundir.splits(run_dir)
     splits = rundir.read_splits(run_dir)
-    neutrals = rundir.load_neutrals(run_dir)
-    training = TrainingFrames(cfg.data.processed, splits[splits.split == "train"], neutrals, model.cfg.n_vertices,
+    neutrals = run_neutrals = rundir.load_neutrals(run_dir)
+    training = TrainingFrames(cfg.data.processed, splits[splits.split == "train"], run_neutrals, model.cfg.n_vertices,
                               cfg.data.sample_rate, progress)
     if data is None:
         processed, out_dir, clips = cfg.data.processed, run_dir, splits[splits.split == split]
@@ -304,8 +304,8 @@ def evaluate(cfg: Config, run_dir: str | Path, split: str | None = None, checkpo
     else:
         processed, out_dir = Path(data), Path(data_run)
         clips, split = rundir.accepted_clips(out_dir), f"all accepted clips of {data}"
-        neutrals = {**neutrals, **rundir.load_neutrals(out_dir)}
-    articulation = articulation_for(cfg, run_dir, model, splits, rundir.load_neutrals(run_dir), progress)
+        neutrals = {**run_neutrals, **rundir.load_neutrals(out_dir)}
+    articulation = articulation_for(cfg, run_dir, model, splits, run_neutrals, progress)
     predictions = rundir.predictions(out_dir)
     for stale in predictions.glob("*.npz"):
         stale.unlink()

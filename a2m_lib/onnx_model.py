@@ -26,11 +26,7 @@ weights' SHA-256, fps, sample rate, speakers, the fitted articulation gains, the
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import time
-from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -39,14 +35,6 @@ from . import files, rundir
 from .config import run_config
 
 ONNX_OPSET = 18
-
-
-def weights_sha256(model) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def _graph(model, neutrals, sample_rate: int, fps: float):
@@ -84,6 +72,7 @@ def export_onnx(run_dir, out, checkpoint: str = "best") -> dict:
     import onnx
     import torch
 
+    from .encoders.base import state_sha256
     from .model import Articulation, load_model
 
     run_dir, out = files.project_path(run_dir), Path(out)
@@ -126,7 +115,7 @@ def export_onnx(run_dir, out, checkpoint: str = "best") -> dict:
         sample_rate=cfg.data.sample_rate, speakers=speakers + (["(any other voice)"] if model.cfg.speaker_normalisation else []),
         encoder=encoder.record(), encoder_options=model.cfg.encoder_options, encoder_kind=model.cfg.encoder,
         features="in the graph (input audio)" if in_graph else "outside the graph (input features)",
-        normalisation=encoder.normalisation, inputs=names, weights_sha256=weights_sha256(model),
+        normalisation=encoder.normalisation, inputs=names, weights_sha256=state_sha256(model),
         articulation=dict(gains=fitted.gains, default=fitted.default, source=fitted.source) if fitted else None,
         reference=model.cfg.reference, n_vertices=model.cfg.n_vertices,
         units="mesh units (~cm): pose-free MediaPipe meshes, outer eye corners 9.0 apart")
@@ -138,12 +127,6 @@ def export_onnx(run_dir, out, checkpoint: str = "best") -> dict:
     with files.atomic_path(out) as tmp:
         onnx.save(proto, str(tmp))
     return metadata
-
-
-@dataclass
-class OnnxPrediction:
-    offsets: np.ndarray   # (T, V, 3)
-    seconds: float        # the network's part, from the audio to the meshes
 
 
 class OnnxModel:
@@ -236,8 +219,3 @@ class OnnxModel:
             return offsets[0]
 
         return articulate(blend_windows(n_frames, self.fps, window_seconds, overlap_seconds, run), articulation)
-
-    def timed(self, audio: np.ndarray, n_frames: int, speaker: str | None = None) -> OnnxPrediction:
-        started = time.perf_counter()
-        offsets = self.predict(audio, n_frames, speaker)
-        return OnnxPrediction(offsets, time.perf_counter() - started)

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from . import media, regions, store
-from .mesh import mesh_edges, reference_mesh
+from .mesh import mesh_edges
 
 PANEL_COLOURS = {"truth": (40, 40, 40), "model": (30, 90, 200)}
 LIP_COLOUR = (220, 40, 40)

@@ -88,11 +88,11 @@ def _wav(audio: np.ndarray, sample_rate: int) -> str:
     return "data:audio/wav;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def _pack(meshes: np.ndarray) -> tuple[str, list[float]]:
-    """(T, V, 3) -> base64 of little-endian int16 at SCALE, centred on the sequence's mean; and that centre."""
+def _pack(meshes: np.ndarray) -> str:
+    """(T, V, 3) -> base64 of little-endian int16 at SCALE, centred on the sequence's mean."""
     centre = np.nanmean(meshes.reshape(-1, 3), axis=0)
     quantised = np.clip(np.round(np.nan_to_num(meshes - centre) * SCALE), -32768, 32767).astype("<i2")
-    return base64.b64encode(quantised.tobytes()).decode(), centre.tolist()
+    return base64.b64encode(quantised.tobytes()).decode()
 
 
 def page(prediction) -> str:
@@ -104,7 +104,7 @@ def page(prediction) -> str:
     data = dict(fps=shown["fps"], frames=n_frames, vertices=n_vertices, scale=SCALE, title=shown["title"],
                 edges=wireframe().ravel().tolist(), outer=regions.OUTER_LIP_LOOP.tolist(), inner=inner.tolist(),
                 mouth=[int(v) for i in range(1, len(inner) - 2) for v in (inner[0], inner[i], inner[i + 1])],
-                meshes={name: _pack(mesh[:n_frames, :n_vertices])[0] for name, mesh in shown["meshes"].items()})
+                meshes={name: _pack(mesh[:n_frames, :n_vertices]) for name, mesh in shown["meshes"].items()})
     imports = {"three": _asset("three.module.min.js"), "three/addons/OrbitControls.js": _asset("OrbitControls.js")}
     return (TEMPLATE.replace("__TITLE__", html.escape(shown["title"]))
             .replace("__IMPORTS__", json.dumps({"imports": imports}))

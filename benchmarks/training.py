@@ -14,8 +14,6 @@ Needs the demo's store and run (make demo): data/processed/demo and runs/demo.
 from __future__ import annotations
 
 import argparse
-import json
-import resource
 import shutil
 import subprocess
 import sys
@@ -63,7 +61,6 @@ def cache_speedup(work: Path, demo_run: Path, processed: str, epochs: int) -> li
             started = time.time()
             result = train.train(cfg, run_dir, progress=False)
             seconds = result.history.seconds.to_numpy()
-            steps = rundir.accepted_clips(run_dir).pipe(lambda t: len(t)) // cfg.train.batch_size or 1
             rows.append(dict(encoder=name, cache=cached, first_epoch_s=round(seconds[0], 1),
                              later_epoch_s=round(float(np.mean(seconds[1:])), 1) if len(seconds) > 1 else np.nan,
                              total_s=round(time.time() - started, 1), final_train_loss=round(result.history.train_loss.iloc[-1], 5)))

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from transformers import Wav2Vec2Config, Wav2Vec2Model
 
-from a2m_lib import evaluate, media, metrics, predict, regions, render, rundir, store, train
+from a2m_lib import evaluate, media, metrics, predict, regions, rundir, store, train
 from a2m_lib.config import ModelConfig, load_config, write_run_config
 from a2m_lib.model import Audio2Mesh, articulate
 from tests.conftest import SMALL_SCRATCH

@@ -11,6 +11,7 @@ import pytest
 
 from a2m_lib import onnx_model, predict, rundir, store, train
 from a2m_lib.config import load_config, write_run_config
+from a2m_lib.encoders.base import state_sha256
 from a2m_lib.model import load_model
 from tests.conftest import REPO, SMALL_SCRATCH, require_eval_media
 
@@ -56,7 +57,7 @@ def test_the_export_names_what_it_holds(runs, exported, kind):
     saved = {entry.key: json.loads(entry.value) for entry in proto.metadata_props}
     model = load_model(rundir.checkpoint(runs[kind], "best"))
     assert saved["run"] == str(runs[kind]) and saved["fps"] == 30 and saved["opset"] == onnx_model.ONNX_OPSET
-    assert saved["weights_sha256"] == onnx_model.weights_sha256(model) and saved["encoder"]["kind"] == kind
+    assert saved["weights_sha256"] == state_sha256(model) and saved["encoder"]["kind"] == kind
     assert {op.version for op in proto.opset_import if op.domain in ("", "ai.onnx")} == {onnx_model.ONNX_OPSET}
     graph_inputs = [item.name for item in proto.graph.input]
     assert graph_inputs == saved["inputs"] == (["audio", "frame_times", "speaker", "articulation"] if kind == "scratch"
