@@ -33,14 +33,6 @@ class LoudnessEncoder(nn.Module, AudioEncoder):
         self.options = options
         self.linear = nn.Linear(options.bands, options.hidden)
 
-    @classmethod
-    def build(cls, options):
-        return cls(options)
-
-    @classmethod
-    def rebuild(cls, options, saved):
-        return cls(options)
-
     @property
     def hidden_size(self):
         return self.options.hidden

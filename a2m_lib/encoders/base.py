@@ -51,13 +51,15 @@ class AudioEncoder:
 
     @classmethod
     def build(cls, options) -> "AudioEncoder":
-        """A new encoder for training (options: an instance of cls.Options): pretrained weights loaded, or random ones."""
-        raise NotImplementedError
+        """A new encoder for training (options: an instance of cls.Options): pretrained weights loaded, or random ones.
+        By default the class called with its options; an encoder with pretrained weights loads them here."""
+        return cls(options)
 
     @classmethod
     def rebuild(cls, options, saved: dict) -> "AudioEncoder":
-        """The same architecture as a saved model's (from encoder_config()), weights to be loaded after."""
-        raise NotImplementedError
+        """The same architecture as a saved model's (from encoder_config()), weights to be loaded after. By default
+        build(options): enough for an encoder whose options alone fix its architecture."""
+        return cls.build(options)
 
     @property
     def hidden_size(self) -> int:

@@ -72,14 +72,6 @@ class MelEncoder(TemporalConvs, AudioEncoder):
         super().__init__(options.bands, options.conv_hidden, options.conv_layers, options.conv_kernel, options.dropout)
         self.options = options
 
-    @classmethod
-    def build(cls, options):
-        return cls(options)
-
-    @classmethod
-    def rebuild(cls, options, saved):
-        return cls(options)
-
     @property
     def hidden_size(self) -> int:
         return self.options.conv_hidden
