@@ -23,7 +23,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 RESULTS = REPO / "benchmarks" / "lips_results.json"
 # today's recipe, as configs/real.yaml was before the lip terms: L1 + lip vertices x2 + velocity 0.5
 TODAY = {"train.lip_weight": 2.0, "train.velocity_weight": 0.5, "train.lip_gap_weight": 0.0, "train.closure_weight": 0.0,
-         "train.motion_std_weight": 0.0, "train.lip_ccc_weight": 0.0, "evaluate.checkpoint": "best"}
+         "train.motion_std_weight": 0.0, "train.lip_ccc_weight": 0.0, "evaluate.checkpoint": "best",
+         "evaluate.articulation": "auto"}  # the fitted gain applied in the fitted block (real.yaml now predicts at 1)
 VARIANTS = {
     "today": {},
     "lip10": {"train.lip_weight": 10.0},                                         # heavier lip vertices
@@ -41,6 +42,11 @@ VARIANTS = {
     "std2": {"train.motion_std_weight": 2.0},
     "lip10_std1": {"train.lip_weight": 10.0, "train.motion_std_weight": 1.0},
     "lip10_std1_ccc0.5": {"train.lip_weight": 10.0, "train.motion_std_weight": 1.0, "train.lip_ccc_weight": 0.5},
+    # a sharper model rather than a louder one: regularisers against the early memorising (best epochs 6-13 of 60)
+    "std1_stretch0.1": {"train.motion_std_weight": 1.0, "train.stretch": 0.1},   # tempo augmentation, +-10%
+    "std1_augment": {"train.motion_std_weight": 1.0, "train.augment": True},     # noise, tilt, a masked band
+    "std1_dropout0.4": {"train.motion_std_weight": 1.0, "model.encoder_options.dropout": 0.4},
+    "std1_wd0.1": {"train.motion_std_weight": 1.0, "train.weight_decay": 0.1},
 }
 # The recipes the variants run on: the shared real footage (many speakers, seconds each), and GRID s1 (one speaker,
 # 40 minutes, benchmarks/footage_curve.py's base run and its 8 epochs of about 100 steps).
