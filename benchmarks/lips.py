@@ -120,7 +120,7 @@ def table(rows: dict) -> str:
     today = rows.get("today")
     neutral, mean_offset = (next(iter(rows.values()))["baselines"][b]["lve"] for b in ("neutral", "mean_offset"))
     lines = ["| variant | LVE | x mean offset | today scaled to this motion | mouth corr | motion ratio | closure_error | "
-             "peak_opening_ratio | lip_lag_frames | fitted gain |", "|---|" + "---|" * 10]
+             "peak_opening_ratio | lip_lag_frames | fitted gain |", "|---|" + "---|" * 9]
     for name, row in rows.items():
         g = row["gain1"]
         scaled = lve_at_motion(today["curve"], g["motion_ratio"]) if today else float("nan")
@@ -186,6 +186,8 @@ def main() -> None:
         rows[name] = one_variant(base, name, args.split_by, args.recipe)
         RESULTS.write_text(json.dumps(results, indent=1))
         print(f"{name}: {json.dumps(rows[name]['gain1'])}", flush=True)
+    if args.collect:
+        RESULTS.write_text(json.dumps(results, indent=1))
     ordered = {name: rows[name] for name in VARIANTS if name in rows}
     print(table(ordered))
     plot(ordered, REPO / "benchmarks" / f"lips_{key}.png")
