@@ -47,6 +47,9 @@ VARIANTS = {
     "std1_augment": {"train.motion_std_weight": 1.0, "train.augment": True},     # noise, tilt, a masked band
     "std1_dropout0.4": {"train.motion_std_weight": 1.0, "model.encoder_options.dropout": 0.4},
     "std1_wd0.1": {"train.motion_std_weight": 1.0, "train.weight_decay": 0.1},
+    # heavier lips dilute the spread term (lip10_std1 moves as little as today): more spread with them
+    "lip10_std3": {"train.lip_weight": 10.0, "train.motion_std_weight": 3.0},
+    "lip10_std5": {"train.lip_weight": 10.0, "train.motion_std_weight": 5.0},
 }
 # The recipes the variants run on: the shared real footage (many speakers, seconds each), and GRID s1 (one speaker,
 # 40 minutes, benchmarks/footage_curve.py's base run and its 8 epochs of about 100 steps).
