@@ -50,6 +50,13 @@ VARIANTS = {
     # heavier lips dilute the spread term (lip10_std1 moves as little as today): more spread with them
     "lip10_std3": {"train.lip_weight": 10.0, "train.motion_std_weight": 3.0},
     "lip10_std5": {"train.lip_weight": 10.0, "train.motion_std_weight": 5.0},
+    # the head's size and reach, for a sharper model: half the width, a shorter or longer receptive field, a slower
+    # learning rate, Whisper's last layer instead of the learned mix
+    "std1_hidden64": {"train.motion_std_weight": 1.0, "model.encoder_options.conv_hidden": 64},
+    "std1_kernel3": {"train.motion_std_weight": 1.0, "model.encoder_options.conv_kernel": 3},   # 15 frames
+    "std1_conv5": {"train.motion_std_weight": 1.0, "model.encoder_options.conv_layers": 5},     # 125 frames
+    "std1_lr3e-4": {"train.motion_std_weight": 1.0, "train.lr": 3.0e-4},
+    "std1_last": {"train.motion_std_weight": 1.0, "model.encoder_options.layers": "last"},
 }
 # The recipes the variants run on: the shared real footage (many speakers, seconds each), and GRID s1 (one speaker,
 # 40 minutes, benchmarks/footage_curve.py's base run and its 8 epochs of about 100 steps).
