@@ -141,6 +141,39 @@ def table(rows: dict) -> str:
     return "\n".join(lines)
 
 
+TITLES = {"clip": "shared real footage, by clip, 9 clips", "speaker": "leave-speakers-out, 14 clips of 10 new speakers",
+          "grid-clip": "GRID s1, 8 epochs, 93 held-out clips"}
+
+
+def readme_block(results: dict) -> str:
+    """benchmarks/README.md's LIPS_BENCH block: each split's table, and the by-clip curves at fixed motion ratios."""
+    parts = []
+    for key, title in TITLES.items():
+        rows = {name: results[key][name] for name in VARIANTS if name in results.get(key, {})}
+        if not rows:
+            continue
+        parts.append(table(rows).replace("| variant |", f"| variant ({title}) |", 1)
+                     .replace(f"| {SHIPPED} |", f"| **{SHIPPED}** (shipped) |"))
+        if key == "clip":
+            motions = (0.6, 0.7, 0.85, 1.0)
+            lines = ["LVE at a fixed motion ratio, each variant's predictions scaled by a gain (the curves):", "",
+                     "| variant | motion 0.6 | 0.7 | 0.85 | 1.0 |", "|---|---|---|---|---|"]
+            lines += [f"| {name} | " + " | ".join(f"{lve_at_motion(row['curve'], m):.3f}" for m in motions) + " |"
+                      for name, row in rows.items()]
+            target = 0.95 * next(iter(rows.values()))["baselines"]["mean_offset"]["lve"]
+            lines.append("| target: ≤ 0.95 × mean offset | " + " | ".join([f"{target:.3f}"] * len(motions)) + " |")
+            parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
+def write_readme_block(results: dict) -> None:
+    path = REPO / "benchmarks" / "README.md"
+    text = path.read_text()
+    start, end = "<!-- LIPS_BENCH -->\n", "\n<!-- /LIPS_BENCH -->"
+    head, rest = text.split(start, 1)
+    path.write_text(head + start + readme_block(results) + end + rest.split(end, 1)[1])
+
+
 def plot(rows: dict, path: Path) -> None:
     import matplotlib
 
@@ -194,10 +227,10 @@ def main() -> None:
         if name in rows and not args.force:
             continue
         rows[name] = one_variant(base, name, args.split_by, args.recipe)
-        RESULTS.write_text(json.dumps(results, indent=1))
+        RESULTS.write_text(json.dumps(results, indent=1))  # after each variant: a crash keeps the ones done
         print(f"{name}: {json.dumps(rows[name]['gain1'])}", flush=True)
-    if args.collect:
-        RESULTS.write_text(json.dumps(results, indent=1))
+    RESULTS.write_text(json.dumps(results, indent=1))
+    write_readme_block(results)
     ordered = {name: rows[name] for name in VARIANTS if name in rows}
     print(table(ordered))
     plot(ordered, REPO / "benchmarks" / f"lips_{key}.png")
